@@ -1,0 +1,64 @@
+"""hessian-spectra: matrix-free spectra of neural-network Hessians.
+
+Everything is built on Hessian-vector products: top-k eigenpairs (Lanczos,
+block Lanczos, power iteration, sketch-seeded Rayleigh quotient iteration),
+trace estimates with standard errors, stochastic Lanczos quadrature densities
+and Hessian sketches.
+
+Example:
+    >>> import hessian_spectra as hs
+    >>> op = hs.HessianOperator(model, criterion, data)      # doctest: +SKIP
+    >>> top = hs.eigsh(op, k=20)                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from hessian_spectra._version import __version__
+
+# Public names and the module that defines each. Imported lazily so that
+# `import hessian_spectra` stays cheap and the CLI starts fast.
+_EXPORTS: dict[str, str] = {
+    # operators
+    "LinearOperator": "hessian_spectra.operators.base",
+    "DenseOperator": "hessian_spectra.operators.base",
+    "ShiftedOperator": "hessian_spectra.operators.base",
+    "HessianOperator": "hessian_spectra.operators.hessian",
+    # algorithms
+    "lanczos": "hessian_spectra.algorithms.lanczos",
+    "eigsh": "hessian_spectra.algorithms.eigsh",
+    "refine": "hessian_spectra.algorithms.rqi",
+    "trace": "hessian_spectra.algorithms.trace",
+    "density": "hessian_spectra.algorithms.density",
+    "sketch": "hessian_spectra.algorithms.sketch",
+    # analysis
+    "layer_traces": "hessian_spectra.analysis.layers",
+    "loss_landscape": "hessian_spectra.analysis.landscape",
+    "SpectrumMonitor": "hessian_spectra.analysis.monitor",
+    # results
+    "Result": "hessian_spectra.results",
+    "EigshResult": "hessian_spectra.results",
+    "TraceResult": "hessian_spectra.results",
+    "DensityResult": "hessian_spectra.results",
+    "SketchResult": "hessian_spectra.results",
+    "load_result": "hessian_spectra.results",
+    # progress
+    "set_progress": "hessian_spectra._progress",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hessian_spectra' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

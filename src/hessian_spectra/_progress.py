@@ -1,0 +1,51 @@
+"""The one progress helper: tqdm bars that the CLI turns on and users can turn off."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_ENABLED: bool | None = None  # None: follow each call's `progress` argument
+
+
+def set_progress(enabled: bool | None) -> None:
+    """Force progress bars on (True) or off (False) everywhere; None restores per-call control."""
+    global _ENABLED
+    _ENABLED = enabled
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when progress is off."""
+
+    n = 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        pass
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def progress_bar(
+    total: int | None, desc: str, enabled: bool = False, unit: str = "HVP"
+) -> Iterator[Any]:
+    """A tqdm bar counting `unit`s, or a silent stand-in when progress is off."""
+    on = enabled if _ENABLED is None else _ENABLED
+    if not on:
+        yield _NoBar()
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -1,0 +1,280 @@
+"""The Lanczos kernel shared by `eigsh`, `density` and the experiments.
+
+Lanczos (1950) builds an orthonormal basis Q of the Krylov space
+span{v0, H v0, ..., H^{m-1} v0} in which Q^T H Q = T is tridiagonal. In
+floating point the three-term recurrence loses orthogonality as soon as a Ritz
+value converges, and copies ("ghosts") of converged eigenvalues appear
+(Paige 1971). With ``reorth="full"`` every new vector is orthogonalized against
+the whole basis by classical Gram-Schmidt applied twice ("twice is enough",
+Giraud, Langou, Rozloznik 2005), which keeps Q orthonormal to working
+precision. ``reorth="none"`` is the plain recurrence, kept to show the ghosts.
+
+On breakdown (beta below a tolerance: an invariant subspace was found) the
+process continues with a random vector orthogonal to the basis, so the
+tridiagonal matrix becomes block diagonal and the run goes on to find more of
+the spectrum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from hessian_spectra.operators.base import LinearOperator
+
+Reorth = Literal["full", "none"]
+
+
+def tridiagonal_eigh(
+    alpha: np.ndarray, beta: np.ndarray, eigvals_only: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal (alpha, beta).
+
+    `beta` holds the m-1 off-diagonal entries. Uses LAPACK's tridiagonal solver
+    (SciPy `eigh_tridiagonal`), never a general eigensolver.
+    """
+    alpha = np.asarray(alpha, dtype=np.float64)
+    beta = np.asarray(beta, dtype=np.float64)
+    if alpha.size == 1:
+        return alpha.copy(), (None if eigvals_only else np.ones((1, 1)))
+    if eigvals_only:
+        return scipy.linalg.eigh_tridiagonal(alpha, beta, eigvals_only=True), None
+    w, S = scipy.linalg.eigh_tridiagonal(alpha, beta)
+    return w, S
+
+
+@dataclass
+class LanczosDecomposition:
+    """What `lanczos` returns: H Q = Q T + beta_m q_{m+1} e_m^T.
+
+    Attributes:
+        alpha: (m,) diagonal of T, float64.
+        beta: (m,) off-diagonals; beta[:-1] are T's off-diagonal entries and
+            beta[-1] = beta_m is the norm of the residual after the last step.
+            A zero entry marks a breakdown (restart with a random vector).
+        basis: (n, m) orthonormal Lanczos vectors, or None when not stored.
+        next_vector: q_{m+1} (unit norm), or None when not stored.
+        num_matvecs: products used.
+        breakdowns: the steps at which an invariant subspace was found.
+        orthogonality_loss: max |Q^T Q - I| (NaN when the basis is not stored).
+    """
+
+    alpha: np.ndarray
+    beta: np.ndarray
+    basis: torch.Tensor | None
+    next_vector: torch.Tensor | None
+    num_matvecs: int
+    breakdowns: list[int] = field(default_factory=list)
+    orthogonality_loss: float = float("nan")
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.alpha.size)
+
+    def ritz(self, eigvals_only: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Ritz values (ascending) and the eigenvectors S of T."""
+        return tridiagonal_eigh(self.alpha, self.beta[:-1], eigvals_only)
+
+
+class LanczosProcess:
+    """One Lanczos run advanced a step (one product) at a time.
+
+    `eigsh` drives it step by step to test convergence at no product cost;
+    `lanczos` runs it for a fixed number of steps.
+
+    Args:
+        op: the symmetric operator.
+        v0: (n,) starting vector (normalized here; must be non-zero).
+        max_steps: the most steps this process will take (sizes the basis).
+        reorth: "full" (classical Gram-Schmidt twice against the whole basis) or "none".
+        generator: random source for restart vectors after a breakdown.
+        store_basis: keep the basis (needed for "full" and for Ritz vectors).
+    """
+
+    def __init__(
+        self,
+        op: LinearOperator,
+        v0: torch.Tensor,
+        max_steps: int,
+        *,
+        reorth: Reorth = "full",
+        generator: torch.Generator | None = None,
+        store_basis: bool = True,
+    ) -> None:
+        if reorth not in ("full", "none"):
+            raise ValueError(f"reorth must be 'full' or 'none', got {reorth!r}")
+        if reorth == "full" and not store_basis:
+            raise ValueError("full reorthogonalization needs the basis: set store_basis=True")
+        n = op.shape[0]
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+        max_steps = min(int(max_steps), n)
+        if not isinstance(v0, torch.Tensor) or v0.shape != (n,):
+            shape = tuple(v0.shape) if isinstance(v0, torch.Tensor) else type(v0).__name__
+            raise ValueError(f"v0 must be a tensor of shape ({n},), got {shape}")
+        v0 = v0.to(dtype=op.dtype, device=op.device)
+        norm = float(torch.linalg.vector_norm(v0.double()))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise ValueError("v0 must be a finite, non-zero vector")
+        self.op = op
+        self.reorth = reorth
+        self.max_steps = max_steps
+        self.generator = generator
+        self.store_basis = store_basis
+        self._eps = torch.finfo(op.dtype).eps
+        self.alpha: list[float] = []
+        self.beta: list[float] = []
+        self.breakdowns: list[int] = []
+        self.num_matvecs = 0
+        self._anorm = 0.0
+        q = v0 / norm
+        if store_basis:
+            self.Q = torch.empty((n, max_steps + 1), dtype=op.dtype, device=op.device)
+            self.Q[:, 0] = q
+        self._q = q
+        self._q_prev: torch.Tensor | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.alpha)
+
+    @property
+    def done(self) -> bool:
+        return self.num_steps >= self.max_steps
+
+    def _orthogonalize(self, w: torch.Tensor, upto: int) -> torch.Tensor:
+        Qj = self.Q[:, :upto]
+        for _ in range(2):
+            w = w - Qj @ (Qj.T @ w)
+        return w
+
+    def _random_orthogonal(self, upto: int) -> torch.Tensor:
+        n = self.op.shape[0]
+        r = torch.randn(n, generator=self.generator, dtype=torch.float64).to(
+            dtype=self.op.dtype, device=self.op.device
+        )
+        if self.store_basis:
+            r = self._orthogonalize(r, upto)
+        else:
+            r = r - self._q * torch.dot(self._q, r)
+        return r / torch.linalg.vector_norm(r)
+
+    def step(self) -> None:
+        """Take one Lanczos step (one operator product)."""
+        if self.done:
+            raise RuntimeError(f"Lanczos process already took its {self.max_steps} steps")
+        j = self.num_steps
+        q = self._q
+        w = self.op.matvec(q)
+        self.num_matvecs += 1
+        a = float(torch.dot(q.double(), w.double()))
+        w = w - a * q
+        if self._q_prev is not None:
+            w = w - self.beta[-1] * self._q_prev
+        if self.reorth == "full":
+            w = self._orthogonalize(w, j + 1)
+        b = float(torch.linalg.vector_norm(w.double()))
+        prev_b = self.beta[-1] if self.beta else 0.0
+        self._anorm = max(self._anorm, (a * a + b * b + prev_b * prev_b) ** 0.5)
+        self.alpha.append(a)
+        breakdown = b <= 10 * self._eps * max(self._anorm, 1e-300) * max(j + 1, 1) ** 0.5
+        if breakdown and j + 1 < self.op.shape[0]:
+            self.breakdowns.append(j)
+            self.beta.append(0.0)
+            q_next = self._random_orthogonal(j + 1)
+        else:
+            self.beta.append(b)
+            q_next = w / b if b > 0 else w
+        self._q_prev = q
+        self._q = q_next
+        if self.store_basis:
+            self.Q[:, j + 1] = q_next
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """The (n, m) Lanczos vectors so far."""
+        if not self.store_basis:
+            raise RuntimeError("this process does not store its basis (store_basis=False)")
+        return self.Q[:, : self.num_steps]
+
+    @property
+    def next_vector(self) -> torch.Tensor:
+        """q_{m+1}: the unit vector the next step would multiply."""
+        return self._q
+
+    def tridiagonal(self) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha (m,), off-diagonal (m-1,)) of T, float64."""
+        return np.array(self.alpha), np.array(self.beta[:-1])
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ritz values (ascending), eigenvectors S of T, and residual norms beta_m |S[m-1, i]|.
+
+        The residual norms are those of the Ritz pairs, exact in exact arithmetic
+        (and accurate with full reorthogonalization), computed at no product cost.
+        """
+        a, b = self.tridiagonal()
+        theta, S = tridiagonal_eigh(a, b)
+        assert S is not None
+        res = abs(self.beta[-1]) * np.abs(S[-1, :])
+        return theta, S, res
+
+    def orthogonality_loss(self) -> float:
+        """max |Q^T Q - I| of the stored basis (float64)."""
+        if not self.store_basis or self.num_steps == 0:
+            return float("nan")
+        Q = self.basis.double()
+        G = Q.T @ Q
+        G.diagonal().sub_(1.0)
+        return float(G.abs().max())
+
+    def decomposition(self) -> LanczosDecomposition:
+        return LanczosDecomposition(
+            alpha=np.array(self.alpha),
+            beta=np.array(self.beta),
+            basis=self.basis.clone() if self.store_basis else None,
+            next_vector=self._q.clone(),
+            num_matvecs=self.num_matvecs,
+            breakdowns=list(self.breakdowns),
+            orthogonality_loss=self.orthogonality_loss(),
+        )
+
+
+def lanczos(
+    op: LinearOperator,
+    v0: torch.Tensor,
+    num_steps: int,
+    reorth: Reorth = "full",
+    *,
+    generator: torch.Generator | None = None,
+    store_basis: bool = True,
+    callback: Callable[[LanczosProcess], bool | None] | None = None,
+) -> LanczosDecomposition:
+    """Run `num_steps` Lanczos steps from `v0`.
+
+    Args:
+        op: a symmetric `LinearOperator`.
+        v0: (n,) non-zero starting vector.
+        num_steps: steps (= operator products); at most n.
+        reorth: "full" (default; classical Gram-Schmidt twice) or "none" (the
+            plain three-term recurrence, which produces ghost eigenvalues).
+        generator: random source for restart vectors after a breakdown.
+        store_basis: keep the basis (always for "full"); "none" may drop it
+            to save memory when only the tridiagonal matrix is needed.
+        callback: called with the process after each step; returning True stops early.
+
+    Returns:
+        A `LanczosDecomposition` (tridiagonal coefficients, basis, diagnostics).
+    """
+    proc = LanczosProcess(
+        op, v0, num_steps, reorth=reorth, generator=generator, store_basis=store_basis
+    )
+    while not proc.done:
+        proc.step()
+        if callback is not None and callback(proc):
+            break
+    return proc.decomposition()
