@@ -1,0 +1,91 @@
+"""CIFAR-10 from the standard python-format batches (Krizhevsky, 2009).
+
+Reads the files of `cifar-10-python.tar.gz` once extracted: `data_batch_1` ...
+`data_batch_5` and `test_batch`, pickled dicts holding b"data" (uint8, N x
+3072, channel-major 32x32 images) and b"labels". Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+#: per-channel mean and standard deviation of the CIFAR-10 training images
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+
+
+def _find_dir(root: Path) -> Path:
+    """`root` itself, or its `cifar-10-batches-py` subfolder (the tarball's layout)."""
+    sub = root / "cifar-10-batches-py"
+    if not (root / "test_batch").exists() and sub.is_dir():
+        return sub
+    return root
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with path.open("rb") as f:
+        entry = pickle.load(f, encoding="bytes")
+    if not isinstance(entry, dict) or b"data" not in entry:
+        raise ValueError(
+            f"{path} is not a CIFAR-10 python batch (expected a pickled dict with "
+            "b'data' and b'labels'); extract cifar-10-python.tar.gz into the folder"
+        )
+    labels = entry.get(b"labels", entry.get(b"fine_labels"))
+    if labels is None:
+        raise ValueError(f"{path} has no b'labels' entry; is it a CIFAR-10 python batch?")
+    data = np.asarray(entry[b"data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: b'data' has shape {data.shape}, expected (N, 3072) uint8")
+    labels_arr = np.asarray(labels, dtype=np.int64)
+    if labels_arr.shape != (data.shape[0],):
+        raise ValueError(
+            f"{path}: {labels_arr.shape[0]} labels for {data.shape[0]} images; the file is damaged"
+        )
+    return data, labels_arr
+
+
+def cifar10(root: str | Path, train: bool = True) -> TensorDataset:
+    """CIFAR-10 as a normalized `TensorDataset` of (images, labels).
+
+    Args:
+        root: folder holding the python-format batches (or the
+            `cifar-10-batches-py` folder's parent).
+        train: the 50,000 training images (`data_batch_1..5`) or the 10,000
+            test images (`test_batch`).
+
+    Returns:
+        A TensorDataset of float32 images (N, 3, 32, 32), scaled to [0, 1] and
+        normalized with `CIFAR10_MEAN` / `CIFAR10_STD`, and int64 labels (N,).
+
+    Raises:
+        FileNotFoundError: naming the first missing batch file.
+    """
+    folder = _find_dir(Path(root))
+    names = TRAIN_FILES if train else TEST_FILES
+    xs, ys = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"CIFAR-10 batch file {path} is missing; download cifar-10-python.tar.gz "
+                "from https://www.cs.toronto.edu/~kriz/cifar.html and extract it into "
+                f"{Path(root)}"
+            )
+        x, y = _read_batch(path)
+        xs.append(x)
+        ys.append(y)
+    data = np.concatenate(xs).reshape(-1, 3, 32, 32)
+    images = torch.from_numpy(data).to(torch.float32) / 255.0
+    mean = torch.tensor(CIFAR10_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    images = (images - mean) / std
+    labels = torch.from_numpy(np.concatenate(ys))
+    return TensorDataset(images, labels)
