@@ -200,16 +200,23 @@ class TraceResult(Result):
     Attributes:
         estimate: the trace estimate.
         stderr: its standard error (XTrace's own estimate under-reports).
-        block_estimates: per-block traces, summing to `estimate`, when `blocks` given.
+        samples: the per-probe values behind `stderr`: Hutchinson samples,
+            Hutch++'s remainder samples, or XTrace's leave-one-out estimates.
+        block_estimates: per-block traces, summing to `estimate` when the blocks
+            partition the coordinates, when `blocks` given.
         block_stderrs: the standard error of each block's trace.
         method: "hutchinson", "hutch++" or "xtrace".
+        converged: with `rtol`, whether the standard error met it (None for a
+            fixed budget).
     """
 
     estimate: float
     stderr: float
+    samples: np.ndarray | None = None
     block_estimates: Mapping[str, float] | None = None
     block_stderrs: Mapping[str, float] | None = None
     method: str = "xtrace"
+    converged: bool | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,12 +224,17 @@ class SketchResult(Result):
     """A Hessian sketch and what it says about the spectrum.
 
     Attributes:
-        matrix: (d, d) the sketch matrix (S^T H S for "rademacher", Q^T H Q otherwise).
+        matrix: (d, d) the sketch matrix (S^T H S for "rademacher", Q^T H Q with
+            Q the orthonormal test basis otherwise).
         eigenvalues: (d,) descending.
-        eigenvectors: (n, d) Ritz vectors, where the kind yields them, else None.
-        trace: the sketch's trace estimate.
+        eigenvectors: (n, d) unit vectors: Ritz vectors (rangefinder), the
+            approximation's eigenvectors (nystrom), or H S U normalized
+            (rademacher: one free power step on the lifted sketch eigenvectors).
+        trace: "rademacher": an unbiased estimate of tr(H); otherwise the trace
+            of the low-rank approximation.
         kind: "rademacher", "rangefinder" or "nystrom".
         shift: the shift added before a Nystrom sketch of an indefinite operator (0 if none).
+        residuals: (d,) ``||H v - theta v||`` of the Ritz pairs (rangefinder), else None.
     """
 
     matrix: np.ndarray
@@ -231,3 +243,163 @@ class SketchResult(Result):
     trace: float
     kind: str = "rademacher"
     shift: float = 0.0
+    residuals: np.ndarray | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DensityResult(Result):
+    """A spectral density from stochastic Lanczos quadrature: one Gauss rule per probe.
+
+    The density is that of the eigenvalue distribution (1/n) sum_k delta(lambda_k):
+    `pdf` integrates to 1 and `cdf` is a fraction; `count_above` is a number
+    of eigenvalues. Methods with ``per_probe=True`` return one row per probe,
+    whose spread (std / sqrt(num_probes), see the ``*_stderr`` methods) is the
+    probe-to-probe standard error.
+
+    Attributes:
+        nodes: (num_probes, m) quadrature nodes (Ritz values), ascending per probe.
+            A probe whose Krylov space became invariant has fewer nodes; its row
+            is padded with zero-weight copies of its largest node.
+        weights: (num_probes, m) quadrature weights; each row sums to 1.
+        residuals: (num_probes, m) Ritz residual norms ``beta_m |s_mj|`` (0 for
+            a probe stopped at an invariant subspace: its nodes are exact).
+        converged: (num_probes, m) nodes whose residual is below sqrt(eps)
+            times the spectrum's scale: eigenvalues located, not a smear of many.
+        num_nodes: (num_probes,) nodes per probe before padding.
+        n: the operator's size.
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    residuals: np.ndarray
+    converged: np.ndarray
+    num_nodes: np.ndarray
+    n: int
+
+    #: A converged node counts as one eigenvalue unless n * weight reaches this
+    #: (an atom of many equal eigenvalues); chi-squared(1) exceeds 10 with
+    #: probability 0.0016, so a single eigenvalue is almost never mistaken.
+    atom_count = 10.0
+
+    @property
+    def num_probes(self) -> int:
+        return int(np.asarray(self.nodes).shape[0])
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.nodes, dtype=np.float64), np.asarray(self.weights, dtype=np.float64)
+
+    def node_widths(self, grid: np.ndarray | None = None) -> np.ndarray:
+        """(num_probes, m) default Gaussian widths: each node's local spacing.
+
+        A Gauss rule resolves its measure at the spacing of its nodes, so each
+        node is broadened by half the distance between its neighbours, capped
+        at the spectrum's range / m (isolated outliers) and floored at two
+        steps of `grid` (so that the grid resolves every bump) and at
+        1e-6 of the range.
+        """
+        N, Wt = self._arrays()
+        span = float(N.max() - N.min()) if N.size else 0.0
+        if span <= 0:
+            span = max(float(np.abs(N).max()) if N.size else 0.0, 1.0)
+        m = int(np.max(self.num_nodes)) if np.size(self.num_nodes) else N.shape[1]
+        floor = 1e-6 * span
+        if grid is not None:
+            g = np.unique(np.asarray(grid, dtype=np.float64).ravel())
+            if g.size > 1:
+                floor = max(floor, 2.0 * float(np.median(np.diff(g))))
+        out = np.empty_like(N)
+        for p in range(N.shape[0]):
+            k = int(self.num_nodes[p])
+            th = N[p, :k]
+            if k > 1:
+                gaps = np.diff(th)
+                left = np.r_[gaps[0], gaps]
+                right = np.r_[gaps, gaps[-1]]
+                w = 0.5 * (left + right)
+            else:
+                w = np.full(k, span / max(m, 1))
+            out[p, :k] = w
+            out[p, k:] = w[-1] if k else span
+        return np.clip(out, floor, max(span / max(m, 1), floor))
+
+    def pdf(
+        self, grid: np.ndarray | Any, sigma: float | None = None, *, per_probe: bool = False
+    ) -> np.ndarray:
+        """The density on `grid`: each node a Gaussian of its weight.
+
+        Args:
+            grid: points to evaluate at.
+            sigma: one Gaussian width for every node; None uses `node_widths(grid)`
+                (tied to the spacing of the nodes, the spectrum's range and the grid).
+            per_probe: one row per probe instead of their mean.
+        """
+        x = np.asarray(grid, dtype=np.float64)
+        flat = x.ravel()
+        N, Wt = self._arrays()
+        if sigma is None:
+            S = self.node_widths(flat)
+        else:
+            if not sigma > 0:
+                raise ValueError(f"sigma must be positive, got {sigma}")
+            S = np.full_like(N, float(sigma))
+        out = np.zeros((N.shape[0], flat.size))
+        step = max(1, 2**22 // max(1, N.size))
+        for lo in range(0, flat.size, step):
+            xs = flat[lo : lo + step]
+            z = (xs[None, None, :] - N[:, :, None]) / S[:, :, None]
+            dens = np.exp(-0.5 * z * z) / (np.sqrt(2 * np.pi) * S[:, :, None])
+            out[:, lo : lo + step] = np.einsum("pm,pmk->pk", Wt, dens)
+        if per_probe:
+            return out.reshape((N.shape[0], *x.shape))
+        return out.mean(0).reshape(x.shape)
+
+    def cdf(self, x: float | np.ndarray | Any, *, per_probe: bool = False) -> Any:
+        """The fraction of eigenvalues <= x: the Gauss rules' distribution function."""
+        xa = np.asarray(x, dtype=np.float64)
+        flat = xa.ravel()
+        N, Wt = self._arrays()
+        out = np.empty((N.shape[0], flat.size))
+        for p in range(N.shape[0]):
+            order = np.argsort(N[p], kind="stable")
+            th, cw = N[p, order], np.cumsum(Wt[p, order])
+            idx = np.searchsorted(th, flat, side="right")
+            out[p] = np.where(idx > 0, cw[np.maximum(idx - 1, 0)], 0.0)
+        if per_probe:
+            return out.reshape((N.shape[0], *xa.shape))
+        mean = out.mean(0)
+        return float(mean[0]) if xa.ndim == 0 else mean.reshape(xa.shape)
+
+    def cdf_stderr(self, x: float | np.ndarray | Any) -> Any:
+        """The probe-to-probe standard error of `cdf(x)` (NaN for one probe)."""
+        rows = np.asarray(self.cdf(x, per_probe=True)).reshape(self.num_probes, -1)
+        err = _probe_stderr(rows)
+        return float(err[0]) if np.ndim(x) == 0 else err.reshape(np.shape(x))
+
+    def count_above(self, t: float, *, per_probe: bool = False) -> Any:
+        """An estimated number of eigenvalues strictly above `t`.
+
+        Converged nodes (located eigenvalues, such as outliers) count one each,
+        since a Lanczos run finds each distinct eigenvalue once and its weight
+        n * w (chi-squared(1) distributed for a single eigenvalue) would be far
+        noisier; a converged node whose n * w reaches `atom_count` is an atom
+        of many eigenvalues and counts n * w. Unconverged nodes (the bulk)
+        count n * w. The mean over probes (or one count per probe).
+        """
+        N, Wt = self._arrays()
+        conv = np.asarray(self.converged, dtype=bool)
+        nw = self.n * Wt
+        each = np.where(conv & (nw < self.atom_count) & (Wt > 0), 1.0, nw)
+        counts = np.where(N > t, each, 0.0).sum(1)
+        return counts if per_probe else float(counts.mean())
+
+    def count_above_stderr(self, t: float) -> float:
+        """The probe-to-probe standard error of `count_above(t)` (NaN for one probe)."""
+        return float(_probe_stderr(np.asarray(self.count_above(t, per_probe=True))[:, None])[0])
+
+
+def _probe_stderr(rows: np.ndarray) -> np.ndarray:
+    """Std over the first axis (ddof=1) / sqrt(count); NaN with one row."""
+    p = rows.shape[0]
+    if p < 2:
+        return np.full(rows.shape[1:], np.nan)
+    return np.asarray(rows.std(axis=0, ddof=1) / np.sqrt(p))
