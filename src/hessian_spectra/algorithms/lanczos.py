@@ -13,6 +13,12 @@ On breakdown (beta below a tolerance: an invariant subspace was found) the
 process continues with a random vector orthogonal to the basis, so the
 tridiagonal matrix becomes block diagonal and the run goes on to find more of
 the spectrum.
+
+`LanczosProcess.restart` is the thick restart of Wu and Simon (2000): when the
+basis is full, chosen Ritz vectors and the next Lanczos vector replace it, the
+projected matrix becomes an arrowhead followed by a tridiagonal (solved with a
+dense symmetric eigensolver), and converged Ritz vectors may be locked: kept in
+the basis for orthogonalization but removed from the projected matrix.
 """
 
 from __future__ import annotations
@@ -87,10 +93,16 @@ class LanczosProcess:
     `eigsh` drives it step by step to test convergence at no product cost;
     `lanczos` runs it for a fixed number of steps.
 
+    All of the run's state lives here (basis, coefficients, locked pairs,
+    generator, product count), so saving these attributes checkpoints the run.
+    The basis buffer ``Q`` is allocated once, (n, max_steps + 1), laid out as
+    [locked vectors | active basis | next vector].
+
     Args:
         op: the symmetric operator.
         v0: (n,) starting vector (normalized here; must be non-zero).
-        max_steps: the most steps this process will take (sizes the basis).
+        max_steps: the most basis vectors held at once, locked ones included
+            (sizes the basis); without restarts, the most steps.
         reorth: "full" (classical Gram-Schmidt twice against the whole basis) or "none".
         generator: random source for restart vectors after a breakdown.
         store_basis: keep the basis (needed for "full" and for Ritz vectors).
@@ -132,6 +144,14 @@ class LanczosProcess:
         self.breakdowns: list[int] = []
         self.num_matvecs = 0
         self._anorm = 0.0
+        # Thick restart state: locked Ritz pairs (at the front of Q, outside the
+        # projected matrix) and the couplings of the kept Ritz vectors to the
+        # vector that follows them (the arrowhead), None before any restart.
+        self.num_locked = 0
+        self.locked_values = np.empty(0)
+        self.locked_residuals = np.empty(0)
+        self.restarts = 0
+        self._arrow: np.ndarray | None = None
         q = v0 / norm
         if store_basis:
             self.Q = torch.empty((n, max_steps + 1), dtype=op.dtype, device=op.device)
@@ -141,11 +161,18 @@ class LanczosProcess:
 
     @property
     def num_steps(self) -> int:
+        """Columns of the active basis (the steps taken, when never restarted)."""
         return len(self.alpha)
 
     @property
     def done(self) -> bool:
-        return self.num_steps >= self.max_steps
+        """Whether the basis buffer is full (restart or stop)."""
+        return self.num_locked + self.num_steps >= self.max_steps
+
+    @property
+    def restarted(self) -> bool:
+        """Whether the projected matrix is no longer tridiagonal (after a thick restart)."""
+        return self._arrow is not None
 
     def _orthogonalize(self, w: torch.Tensor, upto: int) -> torch.Tensor:
         Qj = self.Q[:, :upto]
@@ -169,38 +196,49 @@ class LanczosProcess:
         if self.done:
             raise RuntimeError(f"Lanczos process already took its {self.max_steps} steps")
         j = self.num_steps
+        o = self.num_locked
         q = self._q
         w = self.op.matvec(q)
         self.num_matvecs += 1
         a = float(torch.dot(q.double(), w.double()))
         w = w - a * q
-        if self._q_prev is not None:
+        if self._arrow is not None and j == self._arrow.size:
+            # first step after a thick restart: q is coupled to every kept Ritz vector
+            arrow = torch.as_tensor(self._arrow, dtype=w.dtype, device=w.device)
+            w = w - self.Q[:, o : o + j] @ arrow
+        elif self._q_prev is not None:
             w = w - self.beta[-1] * self._q_prev
         if self.reorth == "full":
-            w = self._orthogonalize(w, j + 1)
+            w = self._orthogonalize(w, o + j + 1)
         b = float(torch.linalg.vector_norm(w.double()))
         prev_b = self.beta[-1] if self.beta else 0.0
         self._anorm = max(self._anorm, (a * a + b * b + prev_b * prev_b) ** 0.5)
         self.alpha.append(a)
         breakdown = b <= 10 * self._eps * max(self._anorm, 1e-300) * max(j + 1, 1) ** 0.5
-        if breakdown and j + 1 < self.op.shape[0]:
+        if breakdown and o + j + 1 < self.op.shape[0]:
             self.breakdowns.append(j)
             self.beta.append(0.0)
-            q_next = self._random_orthogonal(j + 1)
+            q_next = self._random_orthogonal(o + j + 1)
         else:
             self.beta.append(b)
             q_next = w / b if b > 0 else w
         self._q_prev = q
         self._q = q_next
         if self.store_basis:
-            self.Q[:, j + 1] = q_next
+            self.Q[:, o + j + 1] = q_next
 
     @property
     def basis(self) -> torch.Tensor:
-        """The (n, m) Lanczos vectors so far."""
+        """The (n, m) active Lanczos vectors (all of them, when never restarted)."""
         if not self.store_basis:
             raise RuntimeError("this process does not store its basis (store_basis=False)")
-        return self.Q[:, : self.num_steps]
+        o = self.num_locked
+        return self.Q[:, o : o + self.num_steps]
+
+    @property
+    def locked_basis(self) -> torch.Tensor:
+        """The (n, l) locked Ritz vectors (empty when nothing was locked)."""
+        return self.Q[:, : self.num_locked]
 
     @property
     def next_vector(self) -> torch.Tensor:
@@ -209,30 +247,129 @@ class LanczosProcess:
 
     def tridiagonal(self) -> tuple[np.ndarray, np.ndarray]:
         """(alpha (m,), off-diagonal (m-1,)) of T, float64."""
+        if self.restarted:
+            raise RuntimeError(
+                "after a thick restart the projected matrix is an arrowhead, not tridiagonal: "
+                "use projected_matrix()"
+            )
         return np.array(self.alpha), np.array(self.beta[:-1])
+
+    def projected_matrix(self) -> np.ndarray:
+        """The dense (m, m) projection of the operator on the active basis, float64."""
+        m = self.num_steps
+        T = np.diag(np.asarray(self.alpha, dtype=np.float64))
+        if m > 1:
+            off = np.asarray(self.beta[: m - 1], dtype=np.float64)
+            idx = np.arange(m - 1)
+            T[idx, idx + 1] = off
+            T[idx + 1, idx] = off
+        if self._arrow is not None and m > self._arrow.size:
+            l = self._arrow.size
+            T[:l, l] = self._arrow
+            T[l, :l] = self._arrow
+        return T
+
+    def _coupling(self) -> np.ndarray:
+        """c with H Q_active = Q_active T + q_next c^T (up to locked-pair residuals)."""
+        m = self.num_steps
+        if self._arrow is not None and m == self._arrow.size:
+            return self._arrow.copy()
+        c = np.zeros(m)
+        if m:
+            c[-1] = self.beta[-1]
+        return c
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Ritz values (ascending), eigenvectors S of T, and residual norms beta_m |S[m-1, i]|.
 
         The residual norms are those of the Ritz pairs, exact in exact arithmetic
         (and accurate with full reorthogonalization), computed at no product cost.
+        Locked pairs are not included (see `locked_values`). After a thick restart
+        the projected matrix is dense and solved by `scipy.linalg.eigh`.
         """
-        a, b = self.tridiagonal()
-        theta, S = tridiagonal_eigh(a, b)
-        assert S is not None
-        res = abs(self.beta[-1]) * np.abs(S[-1, :])
+        m = self.num_steps
+        if m == 0:
+            return np.empty(0), np.empty((0, 0)), np.empty(0)
+        if not self.restarted:
+            a, b = self.tridiagonal()
+            theta, S = tridiagonal_eigh(a, b)
+            assert S is not None
+            res = abs(self.beta[-1]) * np.abs(S[-1, :])
+            return theta, S, res
+        theta, S = scipy.linalg.eigh(self.projected_matrix())
+        res = np.abs(S.T @ self._coupling())
         return theta, S, res
 
+    def restart(
+        self, keep: np.ndarray | list[int], lock: np.ndarray | list[bool] | None = None
+    ) -> None:
+        """Thick restart: keep the Ritz vectors `keep` and the next vector; lock some of them.
+
+        Args:
+            keep: indices into the ascending Ritz values of `ritz()` to keep.
+            lock: for each kept index, whether to lock it: a locked Ritz vector
+                stays in the basis (new vectors are orthogonalized against it)
+                but leaves the projected matrix; its value and residual estimate
+                are frozen in `locked_values` and `locked_residuals`. Lock only
+                converged pairs: dropping the coupling perturbs the projected
+                problem by the locked pair's residual.
+        """
+        if self.reorth != "full" or not self.store_basis:
+            raise RuntimeError("a thick restart needs reorth='full' and the stored basis")
+        keep_idx = np.asarray(keep, dtype=np.int64).reshape(-1)
+        lock_mask = (
+            np.zeros(keep_idx.size, dtype=bool)
+            if lock is None
+            else np.asarray(lock, dtype=bool).reshape(-1)
+        )
+        m, o = self.num_steps, self.num_locked
+        if lock_mask.size != keep_idx.size:
+            raise ValueError(f"lock has {lock_mask.size} entries for {keep_idx.size} kept indices")
+        if keep_idx.size and (keep_idx.min() < 0 or keep_idx.max() >= m):
+            raise ValueError(f"keep holds indices outside 0..{m - 1}")
+        if np.unique(keep_idx).size != keep_idx.size:
+            raise ValueError("keep holds repeated indices")
+        if o + keep_idx.size >= self.max_steps:
+            raise ValueError(
+                f"keeping {keep_idx.size} vectors beside {o} locked ones leaves no room in a "
+                f"basis of {self.max_steps}: keep fewer"
+            )
+        theta, S, _ = self.ritz()
+        Sk = S[:, keep_idx]
+        coup = Sk.T @ self._coupling()
+        Y = self.basis @ torch.as_tensor(Sk, dtype=self.op.dtype, device=self.op.device)
+        q_next = self._q.clone()
+        nl = int(lock_mask.sum())
+        la = keep_idx.size - nl
+        self.Q[:, o : o + nl] = Y[:, torch.as_tensor(lock_mask, device=Y.device)]
+        self.Q[:, o + nl : o + nl + la] = Y[:, torch.as_tensor(~lock_mask, device=Y.device)]
+        self.Q[:, o + nl + la] = q_next
+        self.locked_values = np.concatenate([self.locked_values, theta[keep_idx[lock_mask]]])
+        self.locked_residuals = np.concatenate([self.locked_residuals, np.abs(coup[lock_mask])])
+        self.num_locked = o + nl
+        self.alpha = [float(x) for x in theta[keep_idx[~lock_mask]]]
+        self.beta = [0.0] * la
+        self._arrow = coup[~lock_mask].copy() if la else None
+        self._q = q_next
+        self._q_prev = None
+        self.restarts += 1
+
     def orthogonality_loss(self) -> float:
-        """max |Q^T Q - I| of the stored basis (float64)."""
-        if not self.store_basis or self.num_steps == 0:
+        """max |Q^T Q - I| of the stored basis, locked vectors included (float64)."""
+        if not self.store_basis or self.num_locked + self.num_steps == 0:
             return float("nan")
-        Q = self.basis.double()
+        Q = self.Q[:, : self.num_locked + self.num_steps].double()
         G = Q.T @ Q
         G.diagonal().sub_(1.0)
         return float(G.abs().max())
 
     def decomposition(self) -> LanczosDecomposition:
+        """The run as a `LanczosDecomposition` (only before any thick restart)."""
+        if self.restarted or self.num_locked:
+            raise RuntimeError(
+                "a restarted process has no tridiagonal decomposition; read its Ritz pairs "
+                "with ritz() and locked_values"
+            )
         return LanczosDecomposition(
             alpha=np.array(self.alpha),
             beta=np.array(self.beta),

@@ -1,0 +1,551 @@
+"""Top-k eigenpairs of a symmetric operator from its products alone: `eigsh`.
+
+``method="lanczos"`` (default) is the Lanczos method (Lanczos 1950) with full
+reorthogonalization, its Ritz values computed after every step from the
+tridiagonal matrix, and the thick restart of Wu and Simon (2000) with locking of
+converged pairs when the basis reaches `max_basis`. The residual of a Ritz pair
+comes free from the recurrence: ``||H y - theta y|| = beta_m |s_mi|`` (Paige
+1971; Parlett, *The Symmetric Eigenvalue Problem*, 1980, ch. 13). The error
+estimate ``min(r, r^2 / gap)`` is the Kato-Temple / Parlett quadratic residual
+bound evaluated with the gap to the nearest other Ritz value. Loss of
+orthogonality beyond semi-orthogonality, ``sqrt(eps)`` (Simon 1984), is
+reported and voids the convergence claims.
+
+The other methods live beside this module: ``"block"`` (block Lanczos, Golub
+and Underwood 1977, in `block_lanczos`), ``"power"`` (PyHessian's deflated power
+iteration, Yao et al. 2020, in `power`) and ``"rqi"`` (a range-finder sketch,
+Halko, Martinsson and Tropp 2011, refined by Rayleigh quotient iteration with
+MINRES, in `rqi`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hessian_spectra.algorithms._common import Callback, Recorder, gaussian, resolve_seed
+from hessian_spectra.algorithms.lanczos import LanczosProcess
+from hessian_spectra.operators.base import LinearOperator, as_operator
+from hessian_spectra.results import EigshResult
+
+Which = Literal["LA", "SA", "LM", "BE"]
+Method = Literal["lanczos", "block", "power", "rqi"]
+Stop = Literal["residual", "relative_change"]
+
+WHICH = ("LA", "SA", "LM", "BE")
+METHODS = ("lanczos", "block", "power", "rqi")
+STOPS = ("residual", "relative_change")
+
+
+# --------------------------------------------------------------------------- shared helpers
+def priority(values: np.ndarray, which: str) -> np.ndarray:
+    """All indices of `values`, most wanted first under `which`.
+
+    "BE" alternates the largest and the smallest remaining value, so its first k
+    entries are the ceil(k/2) largest and the floor(k/2) smallest.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if which == "LA":
+        return np.argsort(-v, kind="stable")
+    if which == "SA":
+        return np.argsort(v, kind="stable")
+    if which == "LM":
+        return np.argsort(-np.abs(v), kind="stable")
+    asc = np.argsort(v, kind="stable")
+    out = np.empty(v.size, dtype=np.int64)
+    lo, hi = 0, v.size - 1
+    for pos in range(v.size):
+        if pos % 2 == 0:
+            out[pos] = asc[hi]
+            hi -= 1
+        else:
+            out[pos] = asc[lo]
+            lo += 1
+    return out
+
+
+def select(values: np.ndarray, which: str, k: int) -> np.ndarray:
+    """Indices of the k wanted values, in the result order of `which`.
+
+    "LA" descending, "SA" ascending, "LM" by descending magnitude, "BE" the
+    ceil(k/2) largest descending then the floor(k/2) smallest ascending.
+    """
+    order = priority(values, which)[:k]
+    if which != "BE":
+        return order
+    return np.concatenate([order[0::2], order[1::2]])
+
+
+def result_order(values: np.ndarray, which: str) -> np.ndarray:
+    """The permutation putting k already-wanted values in the result order of `which`."""
+    v = np.asarray(values, dtype=np.float64)
+    k = v.size
+    if which != "BE":
+        return select(v, which, k)
+    desc = np.argsort(-v, kind="stable")
+    top, bottom = desc[: math.ceil(k / 2)], desc[math.ceil(k / 2) :][::-1]
+    return np.concatenate([top, bottom])
+
+
+def thresholds(
+    values: np.ndarray, tol: float, dtype: torch.dtype, scale: float | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Residual thresholds ``max(tol |theta|, floor)``, precision-limited flags, and the floor.
+
+    The floor is the operator's machine epsilon times the largest magnitude in
+    play (`scale`, default the largest |value|): a residual cannot be trusted
+    below it, so pairs whose ``tol |theta|`` lies under it stop on the floor and
+    are flagged as limited by precision (float32 operators, eigenvalues near 0).
+    """
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    if scale is None:
+        scale = float(v.max()) if v.size else 0.0
+    floor = float(torch.finfo(dtype).eps) * scale
+    want = tol * v
+    return np.maximum(want, floor), want < floor, floor
+
+
+def error_estimates(values: np.ndarray, residuals: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """``min(r, r^2 / gap)``, gap to the nearest other Ritz value.
+
+    An estimate, not a bound: an eigenvalue not yet found can sit in the gap.
+    """
+    vals = np.asarray(values, dtype=np.float64)
+    res = np.asarray(residuals, dtype=np.float64)
+    pool = np.asarray(others, dtype=np.float64)
+    out = res.copy()
+    for i, (t, r) in enumerate(zip(vals, res, strict=True)):
+        d = np.abs(pool - t)
+        d = d[d > 0]  # drop the value itself (and exact copies, which have no gap)
+        if d.size and d.min() > 0:
+            out[i] = min(r, r * r / d.min())
+    return out
+
+
+def orthogonality_threshold(dtype: torch.dtype) -> float:
+    """Semi-orthogonality, sqrt(eps): beyond it Ritz residual estimates are not reliable."""
+    return math.sqrt(float(torch.finfo(dtype).eps))
+
+
+def check_v0(op: LinearOperator, v0: Any) -> torch.Tensor | None:
+    """`v0` as an (n, b) tensor in the operator's dtype/device, or None; refuses bad ones."""
+    if v0 is None:
+        return None
+    n = op.shape[0]
+    V = torch.as_tensor(v0)
+    if V.ndim == 1:
+        V = V[:, None]
+    if V.ndim != 2 or V.shape[0] != n or V.shape[1] < 1:
+        raise ValueError(
+            f"v0 must have shape ({n},) or ({n}, b) for this operator, got {tuple(V.shape)}"
+        )
+    V = V.to(dtype=op.dtype, device=op.device)
+    if not bool(torch.isfinite(V).all()):
+        raise ValueError("v0 holds NaN or inf: pass finite starting vectors")
+    if float(torch.linalg.matrix_norm(V.double())) == 0.0:
+        raise ValueError(
+            "v0 is zero: pass a non-zero starting vector (or v0=None for a random one)"
+        )
+    return V
+
+
+def combine_columns(V: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One starting vector from an (n, b) block: a random Gaussian combination of its columns."""
+    if V.shape[1] == 1:
+        return V[:, 0].clone()
+    w = torch.randn(V.shape[1], generator=generator, dtype=torch.float64)
+    norms = torch.linalg.vector_norm(V.double(), dim=0)
+    w = torch.where(norms > 0, w / norms.clamp_min(1e-300), torch.zeros_like(w))
+    return (V.double() @ w.to(V.device)).to(V.dtype)
+
+
+def verify_pairs(
+    op: LinearOperator, values: np.ndarray, vectors: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """True residual norms ``||H v - theta v||`` (one block product) and Rayleigh quotients."""
+    if vectors.shape[1] == 0:
+        return np.empty(0), np.empty(0)
+    HV = op.matmat(vectors)
+    theta = torch.as_tensor(values, dtype=vectors.dtype, device=vectors.device)
+    R = (HV - vectors * theta).double()
+    rq = (vectors.double() * HV.double()).sum(0)
+    return (
+        torch.linalg.vector_norm(R, dim=0).cpu().numpy(),
+        rq.cpu().numpy(),
+    )
+
+
+@dataclass
+class RawPairs:
+    """What a method returns to `eigsh` before the common finishing steps."""
+
+    values: np.ndarray
+    vectors: torch.Tensor
+    residuals: np.ndarray
+    converged: np.ndarray
+    precision_limited: np.ndarray
+    error_estimates: np.ndarray
+    orthogonality_loss: float
+    stop_reason: str
+    restarts: int = 0
+    floor: float = 0.0
+
+
+# --------------------------------------------------------------------------- Lanczos
+def _lanczos(
+    op: LinearOperator,
+    k: int,
+    which: str,
+    tol: float,
+    max_matvecs: int,
+    capacity: int,
+    v0: torch.Tensor,
+    generator: torch.Generator,
+    rec: Recorder,
+) -> RawPairs:
+    """Lanczos with full reorthogonalization, convergence tested after every product."""
+    n = op.shape[0]
+    proc = LanczosProcess(op, v0, capacity, reorth="full", generator=generator)
+    eps_dtype = op.dtype
+    stop_reason = "max_matvecs"
+    ortho_loss = 0.0
+    while True:
+        proc.step()
+        theta, S, res = proc.ritz()
+        vals = np.concatenate([proc.locked_values, theta])
+        resid = np.concatenate([proc.locked_residuals, res])
+        kk = min(k, vals.size)
+        sel = select(vals, which, kk)
+        thr, limited, floor = thresholds(vals, tol, eps_dtype)
+        conv = resid[sel] <= thr[sel]
+        nconv = int(conv.sum())
+        done = kk == k and bool(conv.all())
+        asc = np.argsort(vals)
+        stop = rec.record(
+            postfix=f"{nconv}/{k} converged",
+            ritz_values=vals[sel],
+            residuals=resid[sel],
+            num_converged=nconv,
+            all_ritz_values=vals[asc],
+            all_residuals=resid[asc],
+            basis_size=proc.num_locked + proc.num_steps,
+            restarts=proc.restarts,
+        )
+        if done:
+            stop_reason = "converged"
+            break
+        if stop:
+            stop_reason = "callback"
+            break
+        if proc.num_matvecs >= max_matvecs:
+            break
+        if proc.num_locked + proc.num_steps >= n:
+            stop_reason = "exhausted"
+            break
+        if proc.done:
+            ortho_loss = max(ortho_loss, proc.orthogonality_loss())
+            _thick_restart(proc, vals, resid, thr, which, k, capacity)
+    ortho_loss = max(ortho_loss, proc.orthogonality_loss())
+    o = proc.num_locked
+    locked_sel = sel[sel < o]
+    active_sel = sel[sel >= o] - o
+    Sa = torch.as_tensor(S[:, active_sel], dtype=op.dtype, device=op.device)
+    parts = {int(i): proc.locked_basis[:, int(i)] for i in locked_sel}
+    Y = proc.basis @ Sa
+    for j, i in enumerate(active_sel):
+        parts[int(i) + o] = Y[:, j]
+    vectors = torch.stack([parts[int(i)] for i in sel], dim=1)
+    return RawPairs(
+        values=vals[sel],
+        vectors=vectors,
+        residuals=resid[sel],
+        converged=resid[sel] <= thr[sel],
+        precision_limited=limited[sel],
+        error_estimates=error_estimates(vals[sel], resid[sel], vals),
+        orthogonality_loss=ortho_loss,
+        stop_reason=stop_reason,
+        restarts=proc.restarts,
+        floor=floor,
+    )
+
+
+def _thick_restart(
+    proc: LanczosProcess,
+    vals: np.ndarray,
+    resid: np.ndarray,
+    thr: np.ndarray,
+    which: str,
+    k: int,
+    capacity: int,
+) -> None:
+    """Keep the wanted Ritz vectors (locking converged ones) and a buffer of the next ones."""
+    o = proc.num_locked
+    order = priority(vals, which)
+    wanted = order[:k]
+    conv = resid <= thr
+    lock_ids = [int(i) - o for i in wanted if i >= o and conv[i]]
+    keep_ids = [int(i) - o for i in wanted if i >= o and not conv[i]]
+    extra = [int(i) - o for i in order[k:] if i >= o]
+    room = capacity - (o + len(lock_ids)) - len(keep_ids)
+    n_extra = max(0, min(len(extra), room // 2, room - 2))
+    keep = lock_ids + keep_ids + extra[:n_extra]
+    lock = [True] * len(lock_ids) + [False] * (len(keep) - len(lock_ids))
+    proc.restart(keep, lock)
+
+
+# --------------------------------------------------------------------------- public entry
+def _min_matvecs(method: str, k: int, n: int, block_size: int) -> int:
+    if method == "block":
+        b = min(block_size, n)
+        return min(n, b * math.ceil(k / b))
+    if method == "power":
+        return 2 * k
+    if method == "rqi":
+        return 2 * min(n, rqi_sketch_size(k, n)) + 2 * k
+    return k
+
+
+def rqi_sketch_size(k: int, n: int) -> int:
+    """Columns of the range finder that seeds method="rqi": max(2k, k + 10), at most n."""
+    return min(n, max(2 * k, k + 10))
+
+
+def default_max_basis(method: str, k: int, n: int, block_size: int) -> int:
+    """The basis cap used when `max_basis` is None."""
+    if method == "block":
+        return min(n, max(3 * k, k + 4 * block_size))
+    return min(n, max(3 * k, k + 32))
+
+
+def eigsh(
+    op: LinearOperator | torch.Tensor | np.ndarray,
+    k: int,
+    *,
+    which: Which = "LA",
+    method: Method = "lanczos",
+    tol: float = 1e-4,
+    max_matvecs: int | None = None,
+    seed: int | None = None,
+    v0: torch.Tensor | np.ndarray | None = None,
+    block_size: int = 8,
+    verify: bool = False,
+    callback: Callable[[Mapping[str, Any]], bool | None] | None = None,
+    progress: bool = False,
+    max_basis: int | None = None,
+    stop: Stop = "residual",
+) -> EigshResult:
+    """k eigenpairs of a symmetric operator at one end of its spectrum, from products only.
+
+    A pair counts as converged when its residual ``||H v - theta v||`` is at most
+    ``max(tol * |theta|, floor)``, where ``floor = eps(op.dtype) * max |theta|``:
+    below the floor a residual is rounding noise, so float32 operators and
+    eigenvalues near zero still stop; such pairs are flagged in
+    ``precision_limited``. By the Krylov-Bogoliubov bound a converged Ritz value
+    lies within its residual of an eigenvalue; the error estimate
+    ``min(r, r^2/gap)`` is usually far smaller (it assumes no eigenvalue was
+    missed). Check ``converged``: a run that ran out of products returns its
+    best pairs flagged False rather than raising.
+
+    Single-vector Lanczos cannot see multiplicity: in exact arithmetic the Krylov
+    space of one vector holds one direction of each eigenspace, so a repeated
+    eigenvalue is found once (further copies only from rounding, late). Use
+    ``method="block"`` with ``block_size`` at least the multiplicity to get every
+    copy.
+
+    Args:
+        op: the symmetric operator (or a dense symmetric matrix).
+        k: how many eigenpairs, 1 <= k < n.
+        which: "LA" largest algebraic, "SA" smallest algebraic, "LM" largest
+            magnitude, "BE" both ends (ceil(k/2) largest, floor(k/2) smallest).
+        method: "lanczos" (default), "block" (block Lanczos on `matmat`; finds
+            multiplicities up to `block_size`, and is faster where a block product
+            costs less per column), "power" (PyHessian's deflated power iteration,
+            for comparison; "LM" natively, "LA"/"SA" through a spectral shift found
+            by 10 Lanczos steps) or "rqi" (a range-finder sketch of
+            max(2k, k+10) columns, then `refine`).
+        tol: relative residual tolerance.
+        max_matvecs: the most operator columns to multiply (default
+            max(1000, 100 k)); the run stops there, unconverged pairs flagged.
+        seed: seed of the random start (drawn and recorded when None).
+        v0: (n,) starting vector, or (n, b) block (e.g. previous eigenvectors,
+            for a warm start). Lanczos starts from a random Gaussian combination
+            of the columns; block Lanczos uses the columns as its first block
+            (filled with random columns up to `block_size`, or random
+            combinations of them when b > block_size); power iteration starts
+            eigenvector i from column i; "rqi" puts them in its sketch.
+        block_size: block size of method="block".
+        verify: multiply the k returned vectors once more (k products) and report
+            true residuals; convergence is then judged on them.
+        callback: called with each history record; returning True stops the run.
+        progress: show a progress bar counting products.
+        max_basis: the most basis vectors held at once (memory: n * max_basis
+            numbers). When reached, Lanczos and block Lanczos thick-restart,
+            keeping the wanted Ritz vectors and locking converged ones. Default
+            max(3k, k+32) (block: max(3k, k + 4 block_size)).
+        stop: power iteration's rule: "residual" (default, the rule above) or
+            "relative_change" (PyHessian's: two successive Rayleigh quotients
+            within tol relatively, tol=1e-3 in PyHessian; it can stop with a
+            large residual). Other methods accept only "residual".
+
+    Returns:
+        An `EigshResult`: eigenvalues in the order of `which`, eigenvectors (n, k),
+        residuals, converged and precision_limited flags, error estimates, the
+        basis's orthogonality loss, products, seconds, history and seed.
+    """
+    op = as_operator(op)
+    n = op.shape[0]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got k={k}")
+    if k >= n:
+        raise ValueError(
+            f"k={k} must be below the operator size n={n}; for all eigenvalues of a small "
+            "operator form it densely and use numpy.linalg.eigh"
+        )
+    if which not in WHICH:
+        raise ValueError(f"unknown which={which!r}; choose one of {', '.join(WHICH)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method={method!r}; choose one of {', '.join(METHODS)}")
+    if stop not in STOPS:
+        raise ValueError(f"unknown stop={stop!r}; choose 'residual' or 'relative_change'")
+    if stop != "residual" and method != "power":
+        raise ValueError(
+            f"stop={stop!r} is power iteration's rule; method={method!r} stops on residuals "
+            "only: drop stop or pass method='power'"
+        )
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    block_size = int(min(block_size, n))
+    need = _min_matvecs(method, k, n, block_size)
+    if max_matvecs is None:
+        max_matvecs = max(1000, 100 * k, need)
+    elif int(max_matvecs) < need:
+        raise ValueError(
+            f"max_matvecs={max_matvecs} is too small for k={k} with method={method!r}: it "
+            f"needs at least {need} products; raise max_matvecs or pass None"
+        )
+    max_matvecs = int(max_matvecs)
+    if max_basis is not None:
+        floor_basis = k + (2 * block_size if method == "block" else 2)
+        if int(max_basis) < min(n, floor_basis):
+            raise ValueError(
+                f"max_basis={max_basis} leaves no room to restart with k={k}: pass at least "
+                f"{min(n, floor_basis)} (or None for the default)"
+            )
+        basis_cap = min(n, int(max_basis))
+    else:
+        basis_cap = default_max_basis(method, k, n, block_size)
+    V0 = check_v0(op, v0)
+    seed, gen = resolve_seed(seed)
+
+    with Recorder(
+        op, f"eigsh {method}", total=max_matvecs, progress=progress, callback=callback
+    ) as rec:
+        settings = rec.settings(
+            k=k,
+            which=which,
+            method=method,
+            tol=float(tol),
+            max_matvecs=max_matvecs,
+            block_size=block_size,
+            max_basis=basis_cap,
+            stop=stop,
+            verify=bool(verify),
+            warm_start=V0 is not None,
+        )
+        raw = _dispatch(
+            op,
+            k,
+            which,
+            method,
+            float(tol),
+            max_matvecs,
+            basis_cap,
+            V0,
+            gen,
+            rec,
+            block_size=block_size,
+            stop=stop,
+        )
+        verified = False
+        if verify:
+            res_true, _ = verify_pairs(op, raw.values, raw.vectors)
+            want = float(tol) * np.abs(raw.values)
+            raw.residuals = res_true
+            raw.converged = res_true <= np.maximum(want, raw.floor)
+            raw.precision_limited = want < raw.floor
+            raw.error_estimates = error_estimates(raw.values, res_true, raw.values)
+            verified = True
+        if raw.orthogonality_loss > orthogonality_threshold(op.dtype):
+            raw.converged = np.zeros_like(raw.converged, dtype=bool)
+        perm = result_order(raw.values, which)
+        seconds = rec.seconds
+        num_matvecs = rec.matvecs
+        history = rec.history
+    return EigshResult(
+        eigenvalues=np.asarray(raw.values, dtype=np.float64)[perm],
+        eigenvectors=raw.vectors[:, torch.as_tensor(perm, device=raw.vectors.device)],
+        residuals=np.asarray(raw.residuals, dtype=np.float64)[perm],
+        converged=np.asarray(raw.converged, dtype=bool)[perm],
+        error_estimates=np.asarray(raw.error_estimates, dtype=np.float64)[perm],
+        precision_limited=np.asarray(raw.precision_limited, dtype=bool)[perm],
+        orthogonality_loss=float(raw.orthogonality_loss),
+        verified=verified,
+        which=which,
+        method=method,
+        restarts=int(raw.restarts),
+        stop_reason=raw.stop_reason,
+        num_matvecs=num_matvecs,
+        seconds=seconds,
+        history=history,
+        seed=seed,
+        settings=settings,
+    )
+
+
+def _dispatch(
+    op: LinearOperator,
+    k: int,
+    which: str,
+    method: str,
+    tol: float,
+    max_matvecs: int,
+    basis_cap: int,
+    V0: torch.Tensor | None,
+    gen: torch.Generator,
+    rec: Recorder,
+    *,
+    block_size: int,
+    stop: str,
+) -> RawPairs:
+    if method == "lanczos":
+        v = combine_columns(V0, gen) if V0 is not None else gaussian(op, 1, gen)[:, 0]
+        capacity = min(op.shape[0], basis_cap, max_matvecs)
+        return _lanczos(op, k, which, tol, max_matvecs, capacity, v, gen, rec)
+    if method == "block":
+        from hessian_spectra.algorithms.block_lanczos import block_lanczos_eigsh
+
+        return block_lanczos_eigsh(
+            op, k, which, tol, max_matvecs, basis_cap, block_size, V0, gen, rec
+        )
+    if method == "power":
+        from hessian_spectra.algorithms.power import power_eigsh
+
+        return power_eigsh(op, k, which, tol, max_matvecs, stop, V0, gen, rec)
+    from hessian_spectra.algorithms.rqi import rqi_eigsh
+
+    return rqi_eigsh(op, k, which, tol, max_matvecs, V0, gen, rec)
+
+
+__all__ = ["eigsh", "Callback"]
