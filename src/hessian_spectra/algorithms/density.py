@@ -1,0 +1,194 @@
+"""Spectral density by stochastic Lanczos quadrature (SLQ).
+
+For a unit probe v, the spectral measure mu_v = sum_k (q_k^T v)^2 delta(lambda_k)
+has expectation (1/n) sum_k delta(lambda_k) over random v, the spectral
+density. m Lanczos steps from v give the m-point Gauss quadrature rule of mu_v
+(Golub and Meurant 1994/2010, "Matrices, Moments and Quadrature"): nodes are
+the eigenvalues of the tridiagonal T, weights the squared first components of
+its eigenvectors. Averaging over probes gives SLQ (Lin, Saad, Yang 2016,
+"Approximating spectral densities of large matrices", SIAM Review; Ubaru,
+Chen, Saad 2017 for the analysis; Ghorbani, Krishnan, Xiao 2019 and Yao et al.
+2020 (PyHessian) for network Hessians).
+
+Each probe runs the shared Lanczos kernel with full reorthogonalization and
+stops at its first breakdown (beta below sqrt(eps) |T|): the Krylov space is
+then invariant, so the Gauss rule of that size is exact for mu_v, while the
+kernel's restart vector would start a block of T that has nothing to do with
+v, and the steps after a near breakdown would only explore rounding errors
+(on a rank-deficient operator, e.g. 90% zero eigenvalues, breakdown is
+likely). The saved products are not spent.
+
+Probes run in lockstep, each its own `LanczosProcess` (the shared kernel),
+with their products taken together in one block (`matmat`): one pass over
+the data per step for all probes of a block, on a Hessian operator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from hessian_spectra.algorithms._common import Callback, Recorder, rademacher, resolve_seed
+from hessian_spectra.algorithms.lanczos import LanczosProcess, tridiagonal_eigh
+from hessian_spectra.operators.base import LinearOperator, as_operator
+from hessian_spectra.results import DensityResult
+
+
+class _Relay(LinearOperator):
+    """Hands each Lanczos process the product already computed for its vector.
+
+    Several independent Lanczos runs advance in lockstep: their next vectors
+    are multiplied together in one `matmat` of the real operator (one pass
+    over the data for a Hessian), and each process's own `matvec` then gets
+    its column from here. A vector that is not the one loaded is multiplied
+    directly, so the relay can never return a wrong product.
+    """
+
+    def __init__(self, op: LinearOperator) -> None:
+        super().__init__(op.shape[0], op.dtype, op.device)
+        self.op = op
+        self._v: torch.Tensor | None = None
+        self._hv: torch.Tensor | None = None
+
+    def load(self, v: torch.Tensor, hv: torch.Tensor) -> None:
+        self._v, self._hv = v, hv
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        v, hv = self._v, self._hv
+        self._v = self._hv = None
+        if v is not None and hv is not None and V.shape[1] == 1 and torch.equal(V[:, 0], v):
+            return hv[:, None].clone()
+        return self.op.matmat(V)
+
+
+def _broke_down(proc: LanczosProcess, rtol: float) -> bool:
+    """Whether the run has reached an (exact or near) invariant Krylov space.
+
+    The kernel declares a breakdown only when beta is at rounding level; a
+    beta below `rtol` times |T| already makes the Krylov space invariant to
+    that accuracy (every Ritz pair has a residual below it), and the steps
+    after it would explore rounding errors and create spurious nodes.
+    """
+    if proc.breakdowns:
+        return True
+    scale = max(max(abs(a) for a in proc.alpha), max(proc.beta))
+    return proc.beta[-1] <= rtol * scale
+
+
+def density(
+    op: Any,
+    *,
+    num_steps: int = 100,
+    num_probes: int = 1,
+    seed: int | None = None,
+    progress: bool = False,
+    callback: Callback | None = None,
+    block_size: int = 10,
+) -> DensityResult:
+    """Estimate the eigenvalue density by stochastic Lanczos quadrature.
+
+    Args:
+        op: a symmetric `LinearOperator` (or a dense symmetric matrix).
+        num_steps: Lanczos steps per probe (products per probe, at most n);
+            a probe whose Krylov space becomes invariant stops early.
+        num_probes: independent Rademacher probes; with more than one the
+            result also gives the probe-to-probe spread.
+        seed: the random seed (drawn and recorded when None).
+        progress: show a progress bar.
+        callback: called with the history record of each step; returning True
+            stops every probe there (each still gives a valid, shorter Gauss rule).
+        block_size: probes run together, their products taken in one block
+            (`matmat`); each keeps an (n, num_steps) basis, so this bounds memory.
+
+    Returns:
+        A `DensityResult` with `nodes` and `weights` (num_probes, num_steps),
+        `pdf`, `cdf`, `count_above` and their per-probe spread.
+    """
+    op = as_operator(op)
+    n = op.shape[0]
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    if num_probes < 1:
+        raise ValueError(f"num_probes must be at least 1, got {num_probes}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    steps = min(int(num_steps), n)
+    seed, gen = resolve_seed(seed)
+    # A Ritz value counts as converged (an eigenvalue located, see
+    # DensityResult.count_above) when its residual is below this fraction of
+    # the spectrum's scale: sqrt(eps) of the operator's precision. The same
+    # fraction of |T| in beta ends a probe's run.
+    conv_rtol = float(torch.finfo(op.dtype).eps) ** 0.5
+    starts = rademacher(op, num_probes, gen)
+    relay = _Relay(op)
+    finished: list[LanczosProcess] = []
+    settings = {"num_steps": num_steps, "num_probes": num_probes, "block_size": block_size}
+    with Recorder(
+        op, "density (SLQ)", total=steps * num_probes, progress=progress, callback=callback
+    ) as rec:
+        stop = False
+        for lo in range(0, num_probes, block_size):
+            group = [
+                LanczosProcess(relay, starts[:, p], steps, reorth="full", generator=gen)
+                for p in range(lo, min(num_probes, lo + block_size))
+            ]
+            finished.extend(group)
+            active = list(group)
+            while active and not stop:
+                V = torch.stack([proc.next_vector for proc in active], 1)
+                HV = op.matmat(V)
+                for j, proc in enumerate(active):
+                    relay.load(V[:, j], HV[:, j])
+                    proc.step()
+                active = [p for p in active if not (p.done or _broke_down(p, conv_rtol))]
+                stop = rec.record(
+                    postfix=f"probes {lo + 1}-{lo + len(group)}",
+                    step=group[0].num_steps if group else 0,
+                    active=len(active),
+                )
+            if stop:
+                break
+        seconds, used, history = rec.seconds, rec.matvecs, rec.history
+        all_settings = rec.settings(**settings)
+
+    nodes, weights, residuals, counts = [], [], [], []
+    for proc in finished:
+        a, b = proc.tridiagonal()
+        theta, S = tridiagonal_eigh(a, b)
+        assert S is not None
+        w = S[0, :] ** 2
+        nodes.append(theta)
+        weights.append(w / w.sum())
+        residuals.append(abs(float(proc.beta[-1])) * np.abs(S[-1, :]))
+        counts.append(theta.size)
+    # Probes that stopped early are padded with zero-weight copies of their
+    # largest node, so that nodes and weights are rectangular.
+    width = max(counts)
+    P = len(nodes)
+    N = np.empty((P, width))
+    Wt = np.zeros((P, width))
+    Rs = np.zeros((P, width))
+    for i, (th, w, r) in enumerate(zip(nodes, weights, residuals, strict=True)):
+        k = th.size
+        N[i, :k], N[i, k:] = th, th[-1]
+        Wt[i, :k] = w
+        Rs[i, :k] = r
+    scale = max(float(np.abs(N).max()), 1e-300)
+    conv = Rs <= conv_rtol * scale
+    for i, k in enumerate(counts):
+        conv[i, k:] = False
+    return DensityResult(
+        nodes=N,
+        weights=Wt,
+        residuals=Rs,
+        converged=conv,
+        num_nodes=np.asarray(counts, dtype=np.int64),
+        n=n,
+        num_matvecs=used,
+        seconds=seconds,
+        history=history,
+        seed=seed,
+        settings=all_settings,
+    )
