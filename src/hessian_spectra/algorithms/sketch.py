@@ -1,0 +1,248 @@
+"""Hessian sketches: small matrices whose spectra approximate the operator's.
+
+Three kinds, each built from one block product (`matmat`) per pass:
+
+- ``"rademacher"``: the study's S^T H S with S (n, d) of i.i.d. entries
+  +-1/sqrt(d). Since E[S^T S] = (n/d) I, this is a random compression, not a
+  projection: its trace is unbiased for tr(H) (d times its diagonal are the d
+  Hutchinson samples z_i^T H z_i), but its eigenvalues are inflated (each
+  outlier scaled by a chi-squared(d)/d factor and every eigenvalue shifted up
+  by about tr(H_bulk)/d). One pass, d products.
+- ``"rangefinder"``: the randomized range finder with Rayleigh-Ritz (Halko,
+  Martinsson, Tropp 2011, "Finding structure with randomness", SIAM Review):
+  Q = orth(H^q H Omega) for Gaussian Omega, then the eigenpairs of Q^T H Q.
+  By Cauchy interlacing the Ritz values never exceed the true eigenvalues
+  (theta_j <= lambda_j), indefinite H included. 2 + q passes, d (2 + q) products.
+- ``"nystrom"``: randomized Nystrom approximation with a stabilizing shift
+  (Tropp, Yurtsever, Udell, Cevher 2017, "Fixed-rank approximation of a
+  positive-semidefinite matrix from streaming data", NeurIPS), for positive
+  semidefinite operators: H_nys = Y (Omega^T Y)^+ Y^T with Y = H Omega, which
+  is PSD and below H (H - H_nys is PSD). One pass (1 + q with power steps).
+  For an indefinite operator it sketches H + sigma I, with sigma from the
+  smallest eigenvalue of Omega^T H Omega and a short Lanczos run for the
+  bottom of the spectrum, and subtracts sigma again; the shift is recorded.
+  The shift lifts every eigenvalue by sigma, a flat tail that one pass cannot
+  see past: when |lambda_min| is a sizeable fraction of lambda_max, use
+  power_steps >= 1 (or the range finder).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hessian_spectra.algorithms._common import Recorder, gaussian, rademacher, resolve_seed
+from hessian_spectra.algorithms.lanczos import lanczos
+from hessian_spectra.operators.base import LinearOperator, as_operator
+from hessian_spectra.results import SketchResult
+
+Kind = Literal["rademacher", "rangefinder", "nystrom"]
+KINDS = ("rademacher", "rangefinder", "nystrom")
+#: Lanczos steps for the bottom-eigenvalue estimate behind the Nystrom shift.
+SHIFT_LANCZOS_STEPS = 20
+
+
+def _work_dtype(op: LinearOperator) -> torch.dtype:
+    return torch.float32 if op.device.type == "mps" else torch.float64
+
+
+def _mul(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
+    """H V with V in the work dtype; the product in the operator's dtype."""
+    return op.matmat(V.to(op.dtype)).to(V.dtype)
+
+
+def _orth(Y: torch.Tensor) -> torch.Tensor:
+    Q, _ = torch.linalg.qr(Y, mode="reduced")
+    return Q
+
+
+def _eigh_desc(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of a symmetric matrix, eigenvalues descending."""
+    w, U = torch.linalg.eigh((M + M.T) / 2)
+    return w.flip(0), U.flip(1)
+
+
+def _bottom_estimate(op: LinearOperator, gen: torch.Generator, steps: int) -> float:
+    """A pessimistic estimate of the smallest eigenvalue: Lanczos's smallest Ritz
+    value minus its residual norm."""
+    v0 = gaussian(op, 1, gen)[:, 0]
+    proc = lanczos(op, v0, min(steps, op.shape[0]), reorth="full", generator=gen)
+    theta, S = proc.ritz()
+    assert S is not None
+    res = abs(float(proc.beta[-1])) * abs(float(S[-1, 0]))
+    return float(theta[0]) - res
+
+
+def sketch(
+    op: Any,
+    size: int,
+    *,
+    kind: Kind = "rademacher",
+    power_steps: int = 0,
+    seed: int | None = None,
+    shift: float | None = None,
+    progress: bool = False,
+) -> SketchResult:
+    """A d x d sketch of the operator, its eigenvalues and (where the kind has them) vectors.
+
+    Args:
+        op: a symmetric `LinearOperator` (or a dense symmetric matrix).
+        size: the sketch size d.
+        kind: "rademacher" (the study's S^T H S), "rangefinder" (Rayleigh-Ritz on
+            a randomized range; eigenvalues never above the true ones) or
+            "nystrom" (for PSD operators; shifted for indefinite ones).
+        power_steps: q extra passes H^q sharpening the range (rangefinder,
+            nystrom); each costs d products. Not defined for "rademacher".
+        seed: the random seed (drawn and recorded when None).
+        shift: Nystrom only: sketch H + shift I. None chooses it: 0 when
+            Omega^T H Omega is positive semidefinite, otherwise from the bottom
+            of the spectrum (a short Lanczos run, counted in num_matvecs).
+        progress: show a progress bar.
+
+    Returns:
+        A `SketchResult`. ``matrix`` is S^T H S (rademacher) or Q^T H Q with Q
+        the orthonormal test basis (rangefinder, nystrom); ``eigenvalues`` are
+        descending. ``eigenvectors`` (n, d): for "rangefinder" the Ritz vectors
+        Q U (with ``residuals`` ||H v - theta v||, computed without extra
+        products); for "nystrom" the approximation's eigenvectors; for
+        "rademacher" the columns of H S U normalized, U the sketch's
+        eigenvectors: the lift S u of a sketch eigenvector followed by one
+        power step, which costs no product (H S is already known) and
+        approximates well-separated top eigenvectors, a start for `refine`.
+        ``trace``: for "rademacher" an unbiased estimate of tr(H); for the
+        others the trace of the low-rank approximation (for PSD H a lower
+        bound, not an estimate of tr(H): use `trace` for that).
+    """
+    op = as_operator(op)
+    n = op.shape[0]
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    if power_steps < 0:
+        raise ValueError(f"power_steps must be non-negative, got {power_steps}")
+    if kind == "rademacher" and power_steps:
+        raise ValueError(
+            "power_steps applies to 'rangefinder' and 'nystrom'; the Rademacher sketch "
+            "S^T H S is one pass"
+        )
+    if kind != "rademacher" and size > n:
+        raise ValueError(f"a {kind} sketch needs size <= n={n}, got {size}")
+    if shift is not None and kind != "nystrom":
+        raise ValueError("shift applies to kind='nystrom' only")
+    seed, gen = resolve_seed(seed)
+    wd = _work_dtype(op)
+    passes = {"rademacher": 1, "rangefinder": 2 + power_steps, "nystrom": 1 + power_steps}[kind]
+    settings = {"size": size, "kind": kind, "power_steps": power_steps, "shift": shift}
+    residuals: np.ndarray | None = None
+    used_shift = 0.0
+    with Recorder(op, f"sketch ({kind})", total=size * passes, progress=progress) as rec:
+        if kind == "rademacher":
+            S = rademacher(op, size, gen).to(wd) / math.sqrt(size)
+            HS = _mul(op, S)
+            M = S.T @ HS
+            M = (M + M.T) / 2
+            lam, U = _eigh_desc(M)
+            V = HS @ U
+            norms = torch.linalg.vector_norm(V, dim=0)
+            V = V / torch.where(norms > 0, norms, torch.ones_like(norms))
+            matrix, vectors, tr = M, V, float(torch.trace(M))
+            rec.record(top=float(lam[0]))
+        elif kind == "rangefinder":
+            Y = _mul(op, gaussian(op, size, gen).to(wd))
+            rec.record(step="range")
+            for q in range(power_steps):
+                Y = _mul(op, _orth(Y))
+                rec.record(step=f"power {q + 1}")
+            Q = _orth(Y)
+            Z = _mul(op, Q)
+            M = Q.T @ Z
+            M = (M + M.T) / 2
+            lam, U = _eigh_desc(M)
+            vectors = Q @ U
+            residuals = (
+                torch.linalg.vector_norm(Z @ U - vectors * lam, dim=0).detach().cpu().numpy()
+            )
+            matrix, tr = M, float(torch.trace(M))
+            rec.record(top=float(lam[0]))
+        else:
+            lam, vectors, matrix, used_shift = _nystrom(op, size, power_steps, gen, wd, shift, rec)
+            tr = float(lam.sum())
+            rec.record(top=float(lam[0]), shift=used_shift)
+        seconds, used, history = rec.seconds, rec.matvecs, rec.history
+        all_settings = rec.settings(**settings)
+    return SketchResult(
+        matrix=matrix.detach().cpu().numpy(),
+        eigenvalues=lam.detach().cpu().numpy(),
+        eigenvectors=vectors.to(op.dtype),
+        trace=tr,
+        kind=kind,
+        shift=used_shift,
+        residuals=residuals,
+        num_matvecs=used,
+        seconds=seconds,
+        history=history,
+        seed=seed,
+        settings=all_settings,
+    )
+
+
+def _nystrom(
+    op: LinearOperator,
+    d: int,
+    power_steps: int,
+    gen: torch.Generator,
+    wd: torch.dtype,
+    shift: float | None,
+    rec: Recorder,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Eigenvalues, eigenvectors, Omega^T H Omega and the shift used."""
+    n = op.shape[0]
+    eps = torch.finfo(op.dtype).eps
+    Om = _orth(gaussian(op, d, gen).to(wd))
+    for _ in range(power_steps):
+        Om = _orth(_mul(op, Om))
+    Om = Om.to(op.dtype).to(wd)  # the test matrix actually multiplied
+    Y = _mul(op, Om)
+    B0 = Om.T @ Y
+    B0 = (B0 + B0.T) / 2
+    b_min = float(torch.linalg.eigvalsh(B0)[0])
+    scale = float(torch.linalg.matrix_norm(Y, ord=2))
+    if shift is None:
+        # Omega^T H Omega >= 0 when H is PSD; a clearly negative eigenvalue
+        # proves H indefinite, and then sigma comes from the bottom of the
+        # spectrum: Lanczos's smallest Ritz value less its residual (the
+        # Ritz values of B0 also bound it from above), with a 10% margin.
+        sigma = 0.0
+        if b_min < -100 * math.sqrt(n) * eps * scale:
+            bottom = min(b_min, _bottom_estimate(op, gen, SHIFT_LANCZOS_STEPS))
+            sigma = -1.1 * bottom
+    else:
+        sigma = float(shift)
+    Ys = Y + sigma * Om
+    # Stabilizing shift nu (Tropp et al. 2017, Alg. 3), at the operator's precision.
+    nu = math.sqrt(n) * eps * float(torch.linalg.matrix_norm(Ys, ord=2))
+    Ynu = Ys + nu * Om
+    B = Om.T @ Ynu
+    B = (B + B.T) / 2
+    # B = V D V^T; F = Ynu V D^{-1/2} so that F F^T = Ynu B^{-1} Ynu^T. An
+    # eigendecomposition rather than a Cholesky factor, so that directions
+    # where B is not positive (an indefinite H with too small a shift) are
+    # dropped instead of failing.
+    D, V = torch.linalg.eigh(B)
+    keep = D > 0.5 * nu
+    if bool(keep.any()):
+        F = (Ynu @ V[:, keep]) / torch.sqrt(D[keep])
+        U, sv, _ = torch.linalg.svd(F, full_matrices=False)
+        lam = torch.clamp(sv * sv - nu, min=0.0) - sigma
+    else:  # H Omega = 0: nothing to approximate
+        U, lam = Y[:, :0], Y.new_zeros(0)
+    if U.shape[1] < d:
+        pad = d - U.shape[1]
+        U = torch.cat([U, torch.zeros((n, pad), dtype=U.dtype, device=U.device)], 1)
+        lam = torch.cat([lam, torch.full((pad,), -sigma, dtype=lam.dtype, device=lam.device)])
+    return lam, U, B0, sigma
