@@ -214,6 +214,8 @@ class TraceResult(Result):
         block_estimates: per-block traces, summing to `estimate` when the blocks
             partition the coordinates, when `blocks` given.
         block_stderrs: the standard error of each block's trace.
+        block_sizes: the number of coordinates in each block (block_estimates /
+            block_sizes is the mean curvature per parameter).
         method: "hutchinson", "hutch++" or "xtrace".
         converged: with `rtol`, whether the standard error met it (None for a
             fixed budget).
@@ -224,6 +226,7 @@ class TraceResult(Result):
     samples: np.ndarray | None = None
     block_estimates: Mapping[str, float] | None = None
     block_stderrs: Mapping[str, float] | None = None
+    block_sizes: Mapping[str, int] | None = None
     method: str = "xtrace"
     converged: bool | None = None
 

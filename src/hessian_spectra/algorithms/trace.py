@@ -114,6 +114,10 @@ def _as_blocks(
     return out
 
 
+def _block_size(idx: slice | torch.Tensor) -> int:
+    return int(idx.stop - idx.start) if isinstance(idx, slice) else int(idx.numel())
+
+
 def _block_sums(C: torch.Tensor, blocks: Mapping[str, slice | torch.Tensor]) -> torch.Tensor:
     """(num_blocks, b): each block's column sums of the per-coordinate terms C (n, b)."""
     rows = []
@@ -514,6 +518,7 @@ def trace(
         samples=samples.detach().cpu().numpy(),
         block_estimates=None if be is None else dict(zip(names, be.tolist(), strict=True)),
         block_stderrs=None if bs is None else dict(zip(names, bs.tolist(), strict=True)),
+        block_sizes=None if be is None else {k: _block_size(v) for k, v in bl.items()},
         method=method,
         converged=converged,
         num_matvecs=used,
