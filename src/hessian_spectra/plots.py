@@ -270,7 +270,8 @@ def plot_method_comparison(
     ax3.set_ylim(0, max(secs) * 1.2 if secs else 1)
     ax2.set_title("Cost (blue: HVPs, orange: seconds)")
     k = max(len(r.eigenvalues) for r in results.values()) if results else 0
-    fig.suptitle(title or f"Top-{k} eigenvalues: " + " vs ".join(names))
+    short = [n.split("\n")[0] for n in names]
+    fig.suptitle(title or f"Top-{k} eigenvalues: " + " vs ".join(short))
     return fig
 
 
@@ -315,11 +316,30 @@ def plot_density(
     ax1.set_xlabel(EIG_LABEL)
     ax1.set_ylabel("density (1 / λ unit)")
     ax1.set_title("Spectral density (log scale)")
-    ax2.plot(grid, cdf, color="C2")
-    ax2.set_ylim(-0.02, 1.02)
+    # the cumulative density as the fraction of eigenvalues above each value, on a log
+    # scale, so that the outliers above the bulk near zero stay visible
+    n = getattr(den, "n", None)
+    above = np.clip(1.0 - cdf, 0.0, 1.0)
+    lowest = 0.5 / n if n else max(float(above[above > 0].min(initial=1.0)) * 0.5, 1e-6)
+    ax2.semilogy(grid, np.maximum(above, lowest), color="C2", label="fraction above λ")
+    stderr = getattr(den, "cdf_stderr", None)
+    if stderr is not None and getattr(den, "num_probes", 1) > 1:
+        se = np.nan_to_num(np.asarray(stderr(grid), dtype=np.float64))
+        ax2.fill_between(
+            grid,
+            np.maximum(above - se, lowest),
+            np.maximum(above + se, lowest),
+            color="C2",
+            alpha=0.25,
+            label="±1 standard error (probes)",
+        )
+    ax2.set_ylim(lowest * 0.8, 1.5)
     ax2.set_xlabel(EIG_LABEL)
-    ax2.set_ylabel("fraction of eigenvalues ≤ λ")
-    ax2.set_title("Cumulative spectral density")
+    ax2.set_ylabel("fraction of eigenvalues above λ")
+    ax2.set_title("Cumulative density (log scale)")
+    if n:
+        sec = ax2.secondary_yaxis("right", functions=(lambda f: f * n, lambda c: c / n))
+        sec.set_ylabel(f"number of eigenvalues above λ (of {n:,})")
     if extra is not None:
         for ax in (ax1, ax2):
             for j, lam in enumerate(extra):
@@ -331,15 +351,17 @@ def plot_density(
                     label="top-k (Lanczos)" if j == 0 else None,
                 )
         ax1.legend(frameon=False, loc="upper right")
-    # inset-free zoom hint: the share of eigenvalues in the bulk near zero
+    ax2.legend(frameon=False, loc="upper right", fontsize=7.5)
+    # the share of eigenvalues in the bulk near zero
     nodes = np.asarray(den.nodes, dtype=np.float64)
     span = float(np.max(np.abs(nodes))) if nodes.size else 1.0
     near = float(den.cdf(0.01 * span) - den.cdf(-0.01 * span))
-    ax2.text(
+    ax1.text(
         0.97,
-        0.06,
-        f"{100 * near:.1f}% of eigenvalues\nwithin ±1% of max |λ| of 0",
-        transform=ax2.transAxes,
+        0.55,
+        f"{100 * near:.1f}% of eigenvalues lie\nwithin ±{_fmt(0.01 * span, 2)} of 0 "
+        "(1% of max |λ|)",
+        transform=ax1.transAxes,
         ha="right",
         va="bottom",
         fontsize=8,
@@ -395,7 +417,6 @@ def plot_sketch(
     ax2.set_xlabel("index i (descending)")
     ax2.set_ylabel("relative error (sketch − exact) / |exact| (%)")
     ax2.set_title("Relative error of each eigenvalue")
-    ax2.set_yscale("symlog", linthresh=1.0)
     ax2.legend(frameon=False)
     fig.suptitle(title or f"Hessian sketches vs Lanczos: top-{k} eigenvalues")
     return fig
@@ -452,7 +473,7 @@ def plot_landscape(
             )
             lo, hi = float(np.min(res.losses)), float(np.max(res.losses))
             ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.15 * (hi - lo))
-        ax.plot([0.0], [res.origin_loss], "ko", ms=4, label="trained parameters")
+        ax.plot([0.0], [res.origin_loss], "ko", ms=4, label="current parameters")
         ax.set_xlabel(_dir_label(res, 0))
         ax.set_ylabel("loss")
         ax.legend(frameon=False)
@@ -464,16 +485,27 @@ def plot_landscape(
     ax1 = fig.add_subplot(1, 2, 1)
     ax2 = fig.add_subplot(1, 2, 2, projection="3d")
     A, B = np.meshgrid(a, b, indexing="ij")
-    logz = np.log10(np.maximum(Z, 1e-12))
-    levels = np.linspace(float(logz.min()), float(logz.max()), 24)
-    cs = ax1.contourf(A, B, logz, levels=levels, cmap="viridis")
-    ax1.contour(A, B, logz, levels=levels[::3], colors="white", linewidths=0.5, alpha=0.7)
+    zmin, zmax = float(Z.min()), float(Z.max())
+    if zmin > 0 and zmax / zmin > 20:
+        # losses spanning decades: geometric levels, so the basin is resolved
+        levels = np.geomspace(zmin, zmax, 25)
+        norm: Any = mpl.colors.LogNorm(vmin=zmin, vmax=zmax)
+        scale = "log scale"
+    else:
+        levels = np.linspace(zmin, zmax if zmax > zmin else zmin + 1e-12, 25)
+        norm = None
+        scale = "linear scale"
+    cs = ax1.contourf(A, B, Z, levels=levels, cmap="viridis", norm=norm)
+    ax1.contour(A, B, Z, levels=levels[::3], colors="white", linewidths=0.5, alpha=0.7)
     cbar = fig.colorbar(cs, ax=ax1, shrink=0.9)
-    cbar.set_label("log₁₀ loss")
+    cbar.set_label(f"loss ({scale})")
+    if norm is not None:
+        ticks = _log_ticks(zmin, zmax)
+        cbar.set_ticks(ticks, labels=[_fmt(t, 2) for t in ticks])
     ax1.plot([0.0], [0.0], marker="*", color="crimson", ms=10, mec="white", mew=0.6)
     ax1.set_xlabel(_short_dir(res, 0))
     ax1.set_ylabel(_short_dir(res, 1))
-    ax1.set_title("Contours of log₁₀ loss (★: trained parameters)")
+    ax1.set_title("Loss contours (★: current parameters)")
     ax1.set_aspect("equal" if np.isclose(np.ptp(a), np.ptp(b)) else "auto")
     ax1.grid(False)
     ax2.plot_surface(A, B, Z, cmap="viridis", linewidth=0, antialiased=True, rcount=60, ccount=60)
@@ -483,11 +515,22 @@ def plot_landscape(
     ax2.set_title("Loss surface")
     ax2.view_init(elev=30, azim=-60)
     ax2.tick_params(labelsize=7, pad=0)
+    for axis in (ax2.xaxis, ax2.yaxis, ax2.zaxis):
+        axis.set_major_locator(mpl.ticker.MaxNLocator(4))
     extra = ""
     if curv is not None and len(curv) >= 2:
-        extra = f" (λ1 = {_fmt(float(curv[0]))}, λ2 = {_fmt(float(curv[1]))})"
+        extra = f" (λ1 = {_fmt(float(curv[0]), 3)}, λ2 = {_fmt(float(curv[1]), 3)})"
     fig.suptitle(title or f"Loss on the plane of {kind}{extra}")
     return fig
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """About five round tick values between lo and hi on a log scale."""
+    ticks = [t for t in mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(lo, hi)]
+    ticks = [t for t in ticks if lo <= t <= hi]
+    while len(ticks) > 6:
+        ticks = ticks[::2]
+    return ticks or [lo, hi]
 
 
 def _short_dir(res: LandscapeResult, i: int) -> str:
@@ -523,11 +566,12 @@ def plot_landscapes_1d(
             s = 0.0 if res.slopes is None else float(res.slopes[0])
             q = res.origin_loss + s * a + 0.5 * float(res.curvatures[0]) * a**2
             ax.plot(a, q, "--", color=f"C{j}", lw=0.9, alpha=0.8)
+    ax.plot([], [], "--", color="0.4", lw=0.9, label="quadratic model L0 + gα + λα²/2")
     ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo))
     ax.set_xlabel("step along unit direction (parameter-space distance)")
     ax.set_ylabel("loss")
     ax.legend(frameon=False, fontsize=8)
-    fig.suptitle(title or "Loss along single directions (dashed: quadratic model ½λα²)")
+    fig.suptitle(title or "Loss along single directions through the parameters")
     return fig
 
 

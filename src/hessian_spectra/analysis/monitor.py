@@ -1,0 +1,323 @@
+"""Watch the Hessian's spectrum during training: top-k eigenvalues, trace, per-layer traces.
+
+A training loop calls a `SpectrumMonitor` every N steps or epochs. Each update
+builds the Hessian at the current parameters and runs `eigsh` warm-started
+from the previous update's eigenvectors (``v0=previous_eigenvectors``): when
+the model changes slowly, the old eigenvectors are close to the new ones and
+far fewer Hessian-vector products (HVPs) are needed than from a random start.
+The saving is measured, not guessed, when ``compare_cold=True`` (each update
+also runs the cold start it replaces, same seed); otherwise each update's count
+is set beside the first update's, which was cold.
+
+Example:
+    >>> mon = hs.SpectrumMonitor(model, criterion, (x, y), k=3, every=10)  # doctest: +SKIP
+    >>> for step in range(1000):                                            # doctest: +SKIP
+    ...     train_step()
+    ...     mon(step, lr=lr, loss=loss.item())
+    >>> mon.to_json("spectrum.json"); mon.plot("spectrum.png")            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hessian_spectra.results import Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitorResult(Result):
+    """The time series a `SpectrumMonitor` kept.
+
+    Attributes:
+        records: one dict per update: ``step``, ``eigenvalues``, ``residuals``,
+            ``converged``, ``eig_matvecs`` (HVPs of the eigensolver), ``warm``
+            (whether it was warm-started), ``cold_matvecs`` (HVPs of the cold
+            start it replaced, when measured), ``trace`` and ``trace_stderr``,
+            ``layer_traces`` (``{name: [estimate, stderr]}``, when asked for),
+            ``seconds``, and whatever values the training loop passed.
+        k: eigenvalues tracked.
+        hvps_saved: HVPs saved by warm starts against measured cold starts
+            (None when no cold start was measured).
+    """
+
+    records: Sequence[Mapping[str, Any]]
+    k: int
+    hvps_saved: int | None = None
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one recorded key, skipping updates that lack it."""
+        steps, vals = [], []
+        for r in self.records:
+            if r.get(key) is not None:
+                steps.append(r["step"])
+                vals.append(r[key])
+        return np.asarray(steps), np.asarray(vals, dtype=np.float64)
+
+
+class SpectrumMonitor:
+    """Tracks the top-k Hessian eigenvalues, the trace and optionally per-layer traces.
+
+    Args:
+        model: the network being trained (read at each update, never changed).
+        criterion: called as ``criterion(model(inputs), targets)``; or None with `loss_fn`.
+        data: the batch or re-iterable of batches the Hessian is taken on
+            (a fixed subset keeps the series comparable); `update` can override it.
+        loss_fn: instead of `criterion`, a closure ``loss_fn(model, batch)``.
+        params: which parameters (None: all trainable; a regex, names or modules).
+        k: how many top eigenvalues to track.
+        every: `__call__` updates when ``step % every == 0``.
+        tol: the eigensolver's relative residual tolerance.
+        method: the eigensolver ("lanczos" or "block").
+        warm_start: start each eigensolve from the previous eigenvectors.
+        compare_cold: also run the cold start each warm update replaces, to
+            measure the HVPs saved (doubles the eigensolver cost; for studies).
+        trace: estimate the trace at each update (``trace_matvecs`` HVPs, XTrace).
+        trace_matvecs: the trace estimator's HVP budget.
+        layers: also estimate per-layer traces (from the same probes).
+        seed: seed of every random start and probe (the same at each update,
+            so that changes in the series come from the model, not the probes).
+        max_matvecs: cap on each eigensolve's HVPs.
+        eval_mode: put the model in eval mode during an update (BatchNorm and
+            Dropout must not act in train mode while the Hessian is taken), then
+            restore its mode.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: Callable[..., torch.Tensor] | None = None,
+        data: Any = None,
+        *,
+        loss_fn: Callable[..., Any] | None = None,
+        params: Any = None,
+        k: int = 1,
+        every: int = 1,
+        tol: float = 1e-3,
+        method: str = "lanczos",
+        warm_start: bool = True,
+        compare_cold: bool = False,
+        trace: bool = True,
+        trace_matvecs: int = 30,
+        layers: bool = False,
+        seed: int = 0,
+        max_matvecs: int | None = None,
+        eval_mode: bool = True,
+    ) -> None:
+        if (criterion is None) == (loss_fn is None):
+            raise ValueError("give exactly one of `criterion` or `loss_fn`")
+        if int(k) < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if int(every) < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        if method not in ("lanczos", "block"):
+            raise ValueError(
+                f"method must be 'lanczos' or 'block' (warm-startable), got {method!r}"
+            )
+        self.model = model
+        self.criterion = criterion
+        self.data = data
+        self.loss_fn = loss_fn
+        self.params = params
+        self.k = int(k)
+        self.every = int(every)
+        self.tol = float(tol)
+        self.method = method
+        self.warm_start = bool(warm_start)
+        self.compare_cold = bool(compare_cold)
+        self.trace = bool(trace)
+        self.trace_matvecs = int(trace_matvecs)
+        self.layers = bool(layers)
+        self.seed = int(seed)
+        self.max_matvecs = max_matvecs
+        self.eval_mode = bool(eval_mode)
+        self.records: list[dict[str, Any]] = []
+        self._vectors: torch.Tensor | None = None
+        self._t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ updates
+    def __call__(self, step: int, **values: Any) -> dict[str, Any] | None:
+        """Update when ``step % every == 0``; returns the new record, else None.
+
+        Args:
+            step: the training step or epoch.
+            **values: extra numbers to keep with the record (e.g. ``lr=0.1, loss=...``).
+        """
+        if int(step) % self.every != 0:
+            return None
+        return self.update(step, **values)
+
+    def _operator(self, data: Any) -> Any:
+        from hessian_spectra.operators.hessian import HessianOperator
+
+        if self.loss_fn is not None:
+            return HessianOperator(self.model, data=data, loss_fn=self.loss_fn, params=self.params)
+        return HessianOperator(self.model, self.criterion, data, params=self.params)
+
+    def update(self, step: int, *, data: Any = None, **values: Any) -> dict[str, Any]:
+        """Measure the spectrum now and append a record.
+
+        Args:
+            step: the training step or epoch this record belongs to.
+            data: the data for this update only (default: the monitor's).
+            **values: extra numbers to keep with the record.
+
+        Returns:
+            The record (also appended to `records`).
+        """
+        from hessian_spectra.algorithms.eigsh import eigsh
+        from hessian_spectra.algorithms.trace import trace as trace_fn
+
+        data = self.data if data is None else data
+        if data is None:
+            raise ValueError("no data: give it to SpectrumMonitor(...) or to update(data=...)")
+        was_training = self.model.training
+        if self.eval_mode:
+            self.model.eval()
+        t0 = time.perf_counter()
+        try:
+            op = self._operator(data)
+            n = op.shape[0]
+            if self.k >= n:
+                raise ValueError(f"k={self.k} must be below the parameter count {n}")
+            v0 = self._vectors if self.warm_start else None
+            if v0 is not None and v0.shape[0] != n:
+                v0 = None  # the parameter set changed size: start cold
+            kwargs: dict[str, Any] = {
+                "which": "LA",
+                "method": self.method,
+                "tol": self.tol,
+                "seed": self.seed,
+            }
+            if self.max_matvecs is not None:
+                kwargs["max_matvecs"] = self.max_matvecs
+            res = eigsh(op, self.k, v0=v0, **kwargs)
+            record: dict[str, Any] = {
+                "step": int(step),
+                "eigenvalues": [float(x) for x in res.eigenvalues],
+                "residuals": [float(x) for x in res.residuals],
+                "converged": [bool(x) for x in res.converged],
+                "eig_matvecs": int(res.num_matvecs),
+                "warm": v0 is not None,
+                "cold_matvecs": None,
+            }
+            if v0 is not None and self.compare_cold:
+                cold = eigsh(self._operator(data), self.k, v0=None, **kwargs)
+                record["cold_matvecs"] = int(cold.num_matvecs)
+                record["cold_eigenvalues"] = [float(x) for x in cold.eigenvalues]
+            elif v0 is None:
+                record["cold_matvecs"] = int(res.num_matvecs)
+            self._vectors = res.eigenvectors.detach().clone()
+            if self.trace or self.layers:
+                blocks = getattr(op, "blocks", None) if self.layers else None
+                tr = trace_fn(
+                    op,
+                    method="xtrace",
+                    num_matvecs=self.trace_matvecs,
+                    seed=self.seed,
+                    blocks=blocks,
+                )
+                record["trace"] = float(tr.estimate)
+                record["trace_stderr"] = float(tr.stderr)
+                record["trace_matvecs"] = int(tr.num_matvecs)
+                if self.layers and tr.block_estimates is not None:
+                    errs = tr.block_stderrs or {}
+                    record["layer_traces"] = {
+                        str(name): [float(est), float(errs.get(name, float("nan")))]
+                        for name, est in tr.block_estimates.items()
+                    }
+        finally:
+            self.model.train(was_training)
+        record["seconds"] = time.perf_counter() - t0
+        record["wall"] = time.perf_counter() - self._t0
+        for key, val in values.items():
+            if key in record:
+                raise ValueError(f"{key!r} is a name the monitor records itself; rename it")
+            record[key] = _plain(val)
+        self.records.append(record)
+        return record
+
+    # ------------------------------------------------------------------ summaries
+    @property
+    def hvps_saved(self) -> int | None:
+        """HVPs saved by warm starts against measured cold starts (None: none measured)."""
+        pairs = [
+            (r["cold_matvecs"], r["eig_matvecs"])
+            for r in self.records
+            if r["warm"] and r.get("cold_matvecs") is not None
+        ]
+        if not pairs:
+            return None
+        return int(sum(c - w for c, w in pairs))
+
+    @property
+    def num_matvecs(self) -> int:
+        """All HVPs the monitor spent (cold comparisons included)."""
+        total = 0
+        for r in self.records:
+            total += r["eig_matvecs"] + r.get("trace_matvecs", 0)
+            if r["warm"] and r.get("cold_matvecs") is not None:
+                total += r["cold_matvecs"]
+        return total
+
+    def result(self) -> MonitorResult:
+        """The time series as a frozen result record (JSON round trip with `load_result`)."""
+        return MonitorResult(
+            records=[dict(r) for r in self.records],
+            k=self.k,
+            hvps_saved=self.hvps_saved,
+            num_matvecs=self.num_matvecs,
+            seconds=float(sum(r["seconds"] for r in self.records)),
+            history=(),
+            seed=self.seed,
+            settings={
+                "k": self.k,
+                "every": self.every,
+                "tol": self.tol,
+                "method": self.method,
+                "warm_start": self.warm_start,
+                "compare_cold": self.compare_cold,
+                "trace": self.trace,
+                "trace_matvecs": self.trace_matvecs,
+                "layers": self.layers,
+            },
+        )
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the time series to `path` (JSON with provenance)."""
+        return self.result().to_json(path)
+
+    def plot(self, path: str | Path | None = None, *, lr_key: str = "lr") -> Figure:
+        """Plot the series (eigenvalues with 2/lr where an ``lr`` was recorded, trace, HVPs).
+
+        Args:
+            path: where to save a PNG (None: only return the figure).
+            lr_key: the recorded value holding the learning rate.
+        """
+        from hessian_spectra.plots import plot_monitor, save_figure
+
+        fig = plot_monitor(self.result(), lr_key=lr_key)
+        if path is not None:
+            save_figure(fig, path)
+        return fig
+
+
+def _plain(val: Any) -> Any:
+    """A JSON-friendly copy of a value a training loop passes (tensors become numbers)."""
+    if isinstance(val, torch.Tensor):
+        return val.item() if val.numel() == 1 else val.detach().cpu().tolist()
+    if isinstance(val, np.generic):
+        return val.item()
+    if isinstance(val, np.ndarray):
+        return val.tolist()
+    return val
