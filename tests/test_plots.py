@@ -124,15 +124,27 @@ def test_method_comparison_shows_costs(tmp_path):
     _png_shape(fig, tmp_path)
 
 
-def test_density_log_scale_and_cdf(tmp_path):
-    den = FakeDensity()
-    fig = plots.plot_density(den, eigenvalues=[9.0, 4.0])
+def test_density_log_scale_and_cumulative(tmp_path):
+    # 200 eigenvalues: 190 zeros and 10 outliers, through the real SLQ result record
+    from hessian_spectra.algorithms.density import density
+    from hessian_spectra.operators.base import DenseOperator
+
+    lam = np.r_[np.zeros(190), np.linspace(1.0, 10.0, 10)]
+    den = density(DenseOperator(np.diag(lam)), num_steps=30, num_probes=2, seed=0)
+    fig = plots.plot_density(den, eigenvalues=lam[-3:][::-1])
     _check_labels(fig)
     ax1, ax2 = fig.axes[:2]
-    assert ax1.get_yscale() == "log"
-    y = ax2.get_lines()[0].get_ydata()
-    assert y[0] == pytest.approx(0.0) and y[-1] == pytest.approx(1.0)
-    assert np.all(np.diff(y) >= 0)
+    assert ax1.get_yscale() == "log" and ax2.get_yscale() == "log"
+    line = ax2.get_lines()[0]
+    x, frac = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+    # the curve is the fraction of eigenvalues above x: 1 - cdf, floored at half an eigenvalue
+    np.testing.assert_allclose(frac, np.maximum(1.0 - den.cdf(x), 0.5 / 200), rtol=1e-12)
+    assert frac[0] == pytest.approx(1.0) and np.all(np.diff(frac) <= 1e-12)
+    # the 10 outliers above the zeros: 5% of the spectrum just above zero
+    assert frac[np.searchsorted(x, 0.5)] == pytest.approx(0.05, abs=0.02)
+    assert any("of 200" in a.get_ylabel() for a in ax2.child_axes)  # the count axis
+    crimson = [ln for ln in ax1.get_lines() if ln.get_label() == "top-k (Lanczos)"]
+    assert len(crimson) == 1
     _png_shape(fig, tmp_path)
 
 
