@@ -92,8 +92,16 @@ def result_order(values: np.ndarray, which: str) -> np.ndarray:
     return np.concatenate([top, bottom])
 
 
+TRUE_RESIDUAL_FLOOR = 10.0
+
+
 def thresholds(
-    values: np.ndarray, tol: float, dtype: torch.dtype, scale: float | None = None
+    values: np.ndarray,
+    tol: float,
+    dtype: torch.dtype,
+    scale: float | None = None,
+    *,
+    true_residuals: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Residual thresholds ``max(tol |theta|, floor)``, precision-limited flags, and the floor.
 
@@ -101,11 +109,17 @@ def thresholds(
     play (`scale`, default the largest |value|): a residual cannot be trusted
     below it, so pairs whose ``tol |theta|`` lies under it stop on the floor and
     are flagged as limited by precision (float32 operators, eigenvalues near 0).
+    Residuals computed from a product (``true_residuals``: power iteration,
+    RQI, ``verify``) carry that product's own rounding, a few eps ||H||, so
+    their floor is `TRUE_RESIDUAL_FLOOR` (10) times larger; the Lanczos
+    recurrence's estimates have no such noise.
     """
     v = np.abs(np.asarray(values, dtype=np.float64))
     if scale is None:
         scale = float(v.max()) if v.size else 0.0
     floor = float(torch.finfo(dtype).eps) * scale
+    if true_residuals:
+        floor *= TRUE_RESIDUAL_FLOOR
     want = tol * v
     return np.maximum(want, floor), want < floor, floor
 
@@ -194,6 +208,7 @@ class RawPairs:
     stop_reason: str
     restarts: int = 0
     floor: float = 0.0
+    true_floor: bool = False  # whether `floor` is already the true-residual floor
 
 
 # --------------------------------------------------------------------------- Lanczos
@@ -345,7 +360,9 @@ def eigsh(
     ``max(tol * |theta|, floor)``, where ``floor = eps(op.dtype) * max |theta|``:
     below the floor a residual is rounding noise, so float32 operators and
     eigenvalues near zero still stop; such pairs are flagged in
-    ``precision_limited``. By the Krylov-Bogoliubov bound a converged Ritz value
+    ``precision_limited``. (Residuals computed from a product, as in power
+    iteration, RQI and ``verify``, carry that product's rounding: their floor is
+    ten times larger.) By the Krylov-Bogoliubov bound a converged Ritz value
     lies within its residual of an eigenvalue; the error estimate
     ``min(r, r^2/gap)`` is usually far smaller (it assumes no eigenvalue was
     missed). Check ``converged``: a run that ran out of products returns its
@@ -370,7 +387,9 @@ def eigsh(
             max(2k, k+10) columns, then `refine`).
         tol: relative residual tolerance.
         max_matvecs: the most operator columns to multiply (default
-            max(1000, 100 k)); the run stops there, unconverged pairs flagged.
+            max(1000, 100 k)); the run stops there, unconverged pairs flagged
+            (``verify`` adds k). Power iteration and RQI give each pair an equal
+            share; a callback stop returns the pairs they finished so far.
         seed: seed of the random start (drawn and recorded when None).
         v0: (n,) starting vector, or (n, b) block (e.g. previous eigenvectors,
             for a warm start). Lanczos starts from a random Gaussian combination
@@ -482,9 +501,10 @@ def eigsh(
         if verify:
             res_true, _ = verify_pairs(op, raw.values, raw.vectors)
             want = float(tol) * np.abs(raw.values)
+            floor = raw.floor * (1.0 if raw.true_floor else TRUE_RESIDUAL_FLOOR)
             raw.residuals = res_true
-            raw.converged = res_true <= np.maximum(want, raw.floor)
-            raw.precision_limited = want < raw.floor
+            raw.converged = res_true <= np.maximum(want, floor)
+            raw.precision_limited = want < floor
             raw.error_estimates = error_estimates(raw.values, res_true, raw.values)
             verified = True
         if raw.orthogonality_loss > orthogonality_threshold(op.dtype):

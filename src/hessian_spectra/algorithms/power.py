@@ -1,0 +1,239 @@
+"""Deflated power iteration, as PyHessian computes its top eigenvalues, with a residual test.
+
+PyHessian (Yao, Gholami, Keutzer and Mahoney 2020, `hessian.eigenvalues`) finds
+eigenpair i by power iteration (von Mises 1929) on a random start that is
+orthogonalized against the eigenvectors already found before every product,
+and stops when two successive Rayleigh quotients differ by less than
+``tol = 1e-3`` relatively. That rule (``stop="relative_change"``) can stop
+while the vector is still far from an eigenvector (the Rayleigh quotient
+converges twice as fast as the vector, and slowly converging quotients change
+little per step); ``stop="residual"`` (default) instead requires
+``||H v - theta v|| <= max(tol |theta|, floor)``, available free from the
+product just taken. (The rule tests the residual's part orthogonal to the pairs
+found before; the rest is the coupling to those inexact pairs, at most their
+residuals, which no deflated iteration can remove. Reported residuals are the
+full ones.)
+
+Power iteration converges to the eigenvalue of largest magnitude ("LM"). For
+"LA" it runs on ``H - a I`` and for "SA" on ``b I - H``, where [a, b] encloses
+the spectrum: the bounds ``theta_min - beta_m`` and ``theta_max + beta_m`` of a
+10-step Lanczos run (Zhou and Li 2011), 10 products spent once. The shifted
+operator is positive semi-definite, so its largest magnitudes are the wanted
+end of H. The convergence factor of pair i is |lambda_{i+1} - a| / |lambda_i - a|
+(for "LA"), as slow as ever when eigenvalues are close: for a comparison, not
+for production (use Lanczos).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from hessian_spectra.algorithms._common import Recorder, gaussian
+from hessian_spectra.algorithms.eigsh import RawPairs, error_estimates, thresholds
+from hessian_spectra.algorithms.lanczos import lanczos
+from hessian_spectra.operators.base import LinearOperator, ShiftedOperator
+
+BOUND_STEPS = 10
+
+
+def spectral_bounds(
+    op: LinearOperator, generator: torch.Generator, steps: int = BOUND_STEPS
+) -> tuple[float, float]:
+    """Estimated bounds (a, b) enclosing the spectrum from a short Lanczos run (`steps` products).
+
+    a = theta_min - beta_m and b = theta_max + beta_m (Zhou and Li 2011): safe in
+    practice, not a guarantee.
+    """
+    m = max(1, min(steps, op.shape[0]))
+    v0 = gaussian(op, 1, generator)[:, 0]
+    dec = lanczos(op, v0, m, generator=generator)
+    theta, _ = dec.ritz(eigvals_only=True)
+    beta = abs(float(dec.beta[-1]))
+    return float(theta.min()) - beta, float(theta.max()) + beta
+
+
+class PowerState:
+    """The whole state of a deflated power iteration (checkpoint these attributes to resume).
+
+    Args:
+        op: the operator H (products are counted on it).
+        V0: optional (n, b) starts: column i starts eigenpair i.
+        generator: random source for the other starts.
+    """
+
+    def __init__(
+        self, op: LinearOperator, V0: torch.Tensor | None, generator: torch.Generator
+    ) -> None:
+        self.op = op
+        self.V0 = V0
+        self.generator = generator
+        self.values: list[float] = []
+        self.vectors: list[torch.Tensor] = []
+        self.residuals: list[float] = []
+        self.converged: list[bool] = []
+        self.iterations: list[int] = []
+        self.num_matvecs = 0
+        self.shift = 0.0
+        self.scale = 1.0
+        # the pair in progress
+        self.v: torch.Tensor | None = None
+        self.theta_prev: float | None = None
+        self.iters = 0
+
+    def _deflate(self, v: torch.Tensor) -> torch.Tensor:
+        if self.vectors:
+            U = torch.stack(self.vectors, dim=1)
+            for _ in range(2):
+                v = v - U @ (U.T @ v)
+        return v
+
+    def start_pair(self) -> None:
+        """Draw (or take from V0) the start of the next pair."""
+        i = len(self.values)
+        if self.V0 is not None and i < self.V0.shape[1]:
+            v = self.V0[:, i].clone()
+        else:
+            v = gaussian(self.op, 1, self.generator)[:, 0]
+        v = self._deflate(v)
+        nrm = torch.linalg.vector_norm(v)
+        if float(nrm) == 0.0:  # a start inside the found space: draw afresh
+            v = self._deflate(gaussian(self.op, 1, self.generator)[:, 0])
+            nrm = torch.linalg.vector_norm(v)
+        self.v = v / nrm
+        self.theta_prev = None
+        self.iters = 0
+
+    def iterate(self, S: LinearOperator) -> tuple[float, float, float, torch.Tensor]:
+        """One power step on the shifted operator S = scale (H + shift I).
+
+        Returns the Rayleigh quotient theta of H at the current vector, its
+        residual norm ||H v - theta v||, the norm of that residual's part
+        orthogonal to the pairs found before (the part deflated power iteration
+        can reduce: the rest is the coupling to those inexact pairs, bounded by
+        their residuals), and the current vector.
+        """
+        assert self.v is not None
+        v = self._deflate(self.v)
+        v = v / torch.linalg.vector_norm(v)
+        w = S.matvec(v)
+        self.num_matvecs += 1
+        self.iters += 1
+        mu = float(torch.dot(v.double(), w.double()))
+        r = (w.double() - mu * v.double()) / abs(self.scale)
+        theta = mu / self.scale - self.shift
+        res = float(torch.linalg.vector_norm(r))
+        res_defl = float(torch.linalg.vector_norm(self._deflate(r.to(v.dtype)).double()))
+        wn = torch.linalg.vector_norm(w)
+        self.v = w / wn if float(wn) > 0 else v
+        return theta, res, res_defl, v
+
+    def finish_pair(self, theta: float, res: float, v: torch.Tensor, converged: bool) -> None:
+        self.values.append(theta)
+        self.vectors.append(v)
+        self.residuals.append(res)
+        self.converged.append(converged)
+        self.iterations.append(self.iters)
+        self.v = None
+
+
+def power_eigsh(
+    op: LinearOperator,
+    k: int,
+    which: str,
+    tol: float,
+    max_matvecs: int,
+    stop: str,
+    V0: torch.Tensor | None,
+    generator: torch.Generator,
+    rec: Recorder,
+) -> RawPairs:
+    """Deflated power iteration for `eigsh(method="power")`."""
+    state = PowerState(op, V0, generator)
+    if which == "LM":
+        sides = [("LM", k)]
+    elif which == "BE":
+        sides = [("LA", math.ceil(k / 2)), ("SA", k // 2)]
+    else:
+        sides = [(which, k)]
+    bounds: tuple[float, float] | None = None
+    if which != "LM":
+        before = op.num_matvecs
+        bounds = spectral_bounds(op, generator)
+        state.num_matvecs += op.num_matvecs - before
+    per_pair = max(2, (max_matvecs - state.num_matvecs) // k)
+    stop_reason = "converged"
+    user_stop = False
+    for side, count in sides:
+        if count == 0:
+            continue
+        if side == "LM":
+            S: LinearOperator = op
+            state.shift, state.scale = 0.0, 1.0
+        elif side == "LA":
+            assert bounds is not None
+            state.shift, state.scale = -bounds[0], 1.0
+            S = ShiftedOperator(op, shift=state.shift, scale=state.scale)
+        else:
+            assert bounds is not None
+            state.shift, state.scale = -bounds[1], -1.0
+            S = ShiftedOperator(op, shift=state.shift, scale=state.scale)
+        for _ in range(count):
+            state.start_pair()
+            cap = min(per_pair, max_matvecs - state.num_matvecs)
+            theta, res, v, conv = 0.0, math.inf, state.v, False
+            while state.iters < cap:
+                theta, res, res_defl, v = state.iterate(S)
+                scale = max([abs(theta), abs(state.shift), *map(abs, state.values)])
+                thr, _, _ = thresholds(np.array([theta]), tol, op.dtype, scale, true_residuals=True)
+                if stop == "residual":
+                    conv = res_defl <= float(thr[0])
+                else:
+                    prev = state.theta_prev
+                    conv = prev is not None and abs(theta - prev) / (abs(prev) + 1e-6) < tol
+                state.theta_prev = theta
+                user_stop = rec.record(
+                    postfix=f"pair {len(state.values) + 1}/{k}",
+                    ritz_values=[*state.values, theta],
+                    residuals=[*state.residuals, res],
+                    pair=len(state.values),
+                    side=side,
+                    shift=state.shift,
+                )
+                if conv or user_stop:
+                    break
+            assert v is not None
+            state.finish_pair(theta, res, v, bool(conv))
+            if user_stop:
+                stop_reason = "callback"
+                break
+            if not conv:
+                stop_reason = "max_matvecs"
+            if state.num_matvecs >= max_matvecs:
+                break
+        if user_stop or state.num_matvecs >= max_matvecs:
+            break
+    values = np.asarray(state.values, dtype=np.float64)
+    residuals = np.asarray(state.residuals, dtype=np.float64)
+    scale = float(np.abs(values).max()) if values.size else 0.0
+    scale = max(scale, abs(bounds[0]) if bounds else 0.0, abs(bounds[1]) if bounds else 0.0)
+    _, limited, floor = thresholds(values, tol, op.dtype, scale, true_residuals=True)
+    V = torch.stack(state.vectors, dim=1)
+    G = V.double().T @ V.double()
+    G.diagonal().sub_(1.0)
+    if values.size < k:
+        stop_reason = "callback" if user_stop else "max_matvecs"
+    return RawPairs(
+        values=values,
+        vectors=V,
+        residuals=residuals,
+        converged=np.asarray(state.converged, dtype=bool),
+        precision_limited=limited if stop == "residual" else np.zeros(values.size, bool),
+        error_estimates=error_estimates(values, residuals, values),
+        orthogonality_loss=float(G.abs().max()),
+        stop_reason=stop_reason,
+        floor=floor,
+        true_floor=True,
+    )
