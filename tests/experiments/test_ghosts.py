@@ -29,6 +29,10 @@ def test_plain_lanczos_at_45_steps_repeats_the_top_eigenvalue(study_op, seed):
     assert full.distinct == 20
     assert full.orthogonality_loss < 1e-10
     assert plain.num_steps == full.num_steps == 45
+    # the per-step history ends at the reported top Ritz values
+    assert [h["step"] for h in plain.history] == list(range(1, 46))
+    assert plain.history[-1]["ritz_top"] == plain.ritz_top
+    assert plain.history[-1]["matvecs"] == 45
 
 
 def test_ghost_values_are_the_top_eigenvalue_to_high_accuracy(study_op):

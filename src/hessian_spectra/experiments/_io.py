@@ -8,6 +8,7 @@ import math
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,25 @@ import numpy as np
 import torch
 
 from hessian_spectra.results import provenance
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A statement checked on the run's numbers.
+
+    Attributes:
+        key: short stable name (used by the document and tests).
+        source: "study" (claimed in the study) or "library" (what we claim).
+        statement: the claim in words.
+        holds: whether the run's numbers satisfy it.
+        evidence: the numbers that decide it.
+    """
+
+    key: str
+    source: str
+    statement: str
+    holds: bool
+    evidence: dict[str, Any]
 
 
 def derive_seed(*keys: int) -> int:

@@ -12,7 +12,8 @@ values sit on it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,8 @@ class GhostCount:
         rtol: the relative tolerance of a match.
         unmatched: how many of `ritz_top` match no reference eigenvalue.
         orthogonality_loss: max |Q^T Q - I| of the Lanczos basis.
+        history: per step: `step`, `matvecs`, `seconds` (wall, since the start)
+            and `ritz_top` (the k largest Ritz values so far, descending).
     """
 
     num_steps: int
@@ -46,6 +49,7 @@ class GhostCount:
     rtol: float
     unmatched: int
     orthogonality_loss: float
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def distinct(self) -> int:
@@ -116,7 +120,29 @@ def lanczos_ghosts(
         raise ValueError(f"k={k} Ritz values need at least k Lanczos steps, got {num_steps}")
     gen = torch.Generator().manual_seed(int(seed))
     v0 = torch.randn(op.shape[0], generator=gen, dtype=torch.float64).to(op.dtype)
-    dec = hs.lanczos(op, v0, num_steps, reorth=reorth, generator=gen)  # type: ignore[arg-type]
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+
+    def record(proc: Any) -> bool:
+        theta, _, _ = proc.ritz()
+        history.append(
+            {
+                "step": proc.num_steps,
+                "matvecs": proc.num_matvecs,
+                "seconds": time.perf_counter() - t0,
+                "ritz_top": [float(x) for x in np.sort(theta)[::-1][:k]],
+            }
+        )
+        return False
+
+    dec = hs.lanczos(
+        op,
+        v0,
+        num_steps,
+        reorth=reorth,  # type: ignore[arg-type]
+        generator=gen,
+        callback=record,
+    )
     theta, _ = dec.ritz(eigvals_only=True)
     top = np.sort(theta)[::-1][:k]
     ref = np.sort(np.asarray(reference, dtype=np.float64))[::-1]
@@ -130,4 +156,5 @@ def lanczos_ghosts(
         rtol=float(rtol),
         unmatched=unmatched,
         orthogonality_loss=float(dec.orthogonality_loss),
+        history=history,
     )

@@ -1,0 +1,85 @@
+"""Reproductions of the study's experiments, as thin scripts over the public API.
+
+Two commands, reachable as ``hessian-spectra experiment NAME`` (the main CLI
+calls `register`) or ``python -m hessian_spectra.experiments NAME``:
+
+- ``sketch-synthetic``: the study's Figures 7-18 (sketch errors on random PSD
+  matrices with a controlled fraction of zero eigenvalues), for the Rademacher,
+  range-finder and Nystrom sketches.
+- ``compare-methods``: its Figures 2-6 and 19 on a network Hessian: power
+  iteration (PyHessian's rule) vs Lanczos vs block Lanczos, plain Lanczos and
+  its ghost copies, sketch errors, trace estimates and the spectral density.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["add_commands", "main", "register"]
+
+
+def _run(name: str) -> Any:
+    def func(args: argparse.Namespace) -> int:
+        if name == "sketch-synthetic":
+            from hessian_spectra.experiments import sketch_synthetic as mod
+        else:
+            from hessian_spectra.experiments import compare_methods as mod  # type: ignore[no-redef]
+        try:
+            return int(mod.main(args))
+        except (ValueError, FileNotFoundError, TypeError) as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+
+    return func
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add `sketch-synthetic` and `compare-methods` to an argparse subparsers object."""
+    from hessian_spectra.experiments import compare_methods, sketch_synthetic
+
+    s = subparsers.add_parser(
+        "sketch-synthetic",
+        help="sketch errors on random PSD matrices (the study's Figures 7-18)",
+        description=sketch_synthetic.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sketch_synthetic.add_arguments(s)
+    s.set_defaults(func=_run("sketch-synthetic"))
+    c = subparsers.add_parser(
+        "compare-methods",
+        help="power iteration vs Lanczos vs block Lanczos, sketches, trace, density "
+        "on a network Hessian (the study's Figures 2-6 and 19)",
+        description=compare_methods.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare_methods.add_arguments(c)
+    c.set_defaults(func=_run("compare-methods"))
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `experiment` command (with its sub-commands) to the main CLI's subparsers."""
+    p = subparsers.add_parser(
+        "experiment",
+        help="reproduce the study's experiments and figures",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="experiment", metavar="NAME", required=True)
+    add_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hessian_spectra.experiments NAME [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hessian_spectra.experiments",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="experiment", metavar="NAME", required=True)
+    add_commands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
