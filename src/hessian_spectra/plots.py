@@ -508,7 +508,7 @@ def plot_landscape(
     ax1.set_title("Loss contours (★: current parameters)")
     ax1.set_aspect("equal" if np.isclose(np.ptp(a), np.ptp(b)) else "auto")
     ax1.grid(False)
-    ax2.plot_surface(A, B, Z, cmap="viridis", linewidth=0, antialiased=True, rcount=60, ccount=60)
+    ax2.plot_surface(A, B, Z, cmap="viridis", linewidth=0, antialiased=True, rcount=40, ccount=40)
     ax2.set_xlabel(_short_dir(res, 0), labelpad=2)
     ax2.set_ylabel(_short_dir(res, 1), labelpad=2)
     ax2.set_zlabel("loss", labelpad=2)
