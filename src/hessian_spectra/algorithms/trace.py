@@ -291,10 +291,20 @@ class _XTrace(_Estimator):
         self.Q = torch.cat([self.Q, Qb], 1)
         self.Z = torch.cat([self.Z, Zb], 1)
 
-    def _rank_deficient(self) -> bool:
+    def _captures_range(self, C: torch.Tensor) -> bool:
+        """Whether Y = H Omega lost rank because range(Q) already holds H's range.
+
+        Both must hold: a diagonal entry of R at rounding level, and Q (numerically)
+        invariant, ||H Q - Q C|| at rounding level. An ill-conditioned R alone (a
+        steeply decaying spectrum in low precision) is not enough: the
+        leave-one-out formulas stay valid for it.
+        """
         d = self.R.diagonal().abs()
         eps = torch.finfo(self.op.dtype).eps
-        return bool(d.min() <= 1e3 * eps * d.max()) if d.numel() else True
+        if not d.numel() or bool(d.min() > 1e3 * eps * d.max()):
+            return False
+        leak = torch.linalg.matrix_norm(self.Z - self.Q @ C)
+        return bool(leak <= 1e3 * eps * torch.linalg.matrix_norm(self.Z))
 
     def summary(
         self,
@@ -304,7 +314,7 @@ class _XTrace(_Estimator):
         C = Q.T @ Z
         C = (C + C.T) / 2
         trC = torch.trace(C)
-        if self._rank_deficient():
+        if self._captures_range(C):
             # Y = H Omega has lost rank: range(Q) holds H's whole range (up to
             # rounding), so tr(Q^T H Q) is the trace and no probe is left over.
             x = trC.repeat(m)
@@ -319,6 +329,12 @@ class _XTrace(_Estimator):
         eye = torch.eye(m, dtype=R.dtype, device=R.device)
         S = torch.linalg.solve_triangular(R, eye, upper=True).T
         S = S / torch.linalg.vector_norm(S, dim=0)
+        if not bool(torch.isfinite(S).all()):
+            raise ValueError(
+                "xtrace: the products H w of the probes are linearly dependent but do not "
+                "span an invariant subspace (R is singular); use method='hutch++' or "
+                "'hutchinson' for this operator"
+            )
         W = Q.T @ Om  # Q^T w_i
         T = Z.T @ Om  # Q^T H w_i
         CS, CW = C @ S, C @ W
