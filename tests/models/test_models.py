@@ -77,8 +77,15 @@ def test_digits_cnn_shape_and_count():
 
 
 def test_train_digits_cnn_is_deterministic():
-    a = train_digits_cnn(seed=2, steps=5)
-    b = train_digits_cnn(seed=2, steps=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = train_digits_cnn(seed=2, steps=5)
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+        torch.set_num_threads(1)
+        b = train_digits_cnn(seed=2, steps=5)
+    finally:
+        torch.set_num_threads(threads)
     c = train_digits_cnn(seed=3, steps=5)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
