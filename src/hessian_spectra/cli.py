@@ -499,6 +499,7 @@ class Outcome:
     results: dict[str, Any] = field(default_factory=dict)
     figures: list[tuple[str, Path, str]] = field(default_factory=list)  # (title, PNG, caption)
     files: list[Path] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)  # summary lines for the report
 
 
 def _save(out: Outcome, s: Setup, name: str, result: Any) -> None:
@@ -534,7 +535,7 @@ def run_eigs(s: Setup, args: argparse.Namespace, out: Outcome, *, compare_power:
         tol=args.tol,
         seed=s.seed,
         progress=True,
-        verify=bool(getattr(args, "verify", False)),
+        verify=bool(getattr(args, "verify", True)),
         **kwargs,
     )
     _save(out, s, "eigs", top)
@@ -646,6 +647,12 @@ def run_layers(s: Setup, args: argparse.Namespace, out: Outcome) -> Any:
         for layer, idx in group_blocks(_operator(s).blocks).items()
     }
     labels = {n: _layer_label(s.model, n, sizes.get(n, 0)) for n in est}
+    if est:
+        top_layer = max(est, key=lambda n: est[n])
+        out.answers["layers"] = (
+            f"trace = {tr.estimate:.5g} ± {tr.stderr:.2g} (1 standard error); largest layer: "
+            f"{labels[top_layer]}, {100 * est[top_layer] / tr.estimate:.0f}% of the trace"
+        )
     _say(
         f"\nTrace ({tr.method}): {tr.estimate:.6g} ± {tr.stderr:.2g} (1 standard error), "
         f"{tr.num_matvecs} HVPs, {tr.seconds:.2f} s; per layer, from the same probes:"
@@ -693,6 +700,10 @@ def run_density(s: Setup, args: argparse.Namespace, out: Outcome, top: Any) -> A
     lmax = float(np.max(np.abs(nodes)))
     neg = float(den.cdf(-1e-3 * lmax))
     above = float(den.count_above(0.01 * lmax))
+    out.answers["density"] = (
+        f"spectrum in [{nodes.min():.4g}, {nodes.max():.4g}]; about {above:.0f} of {den.n:,} "
+        f"eigenvalues above 1% of max|λ|; {100 * neg:.2f}% below -0.1% of max|λ|"
+    )
     _say(
         f"\nDensity (SLQ, {args.num_steps} steps × {args.num_probes} probes, {den.num_matvecs} "
         f"HVPs): spectrum in [{nodes.min():.4g}, {nodes.max():.4g}]; {100 * neg:.2f}% of "
@@ -904,14 +915,12 @@ def write_report(s: Setup, out: Outcome, title: str, subtitle: str) -> Path:
         if label is None and key.startswith("landscape"):
             label = "Loss landscape"
         if key == "layers":
-            answer = (
-                f"trace = {res.estimate:.5g} ± {res.stderr:.2g} (1 standard error); largest "
-                "layer: " + max((res.block_estimates or {"-": 0}).items(), key=lambda kv: kv[1])[0]
-            )
             name = "Trace and per-layer traces" if shared_trace else "Per-layer traces"
-            rep.add_result(name, res, answer=answer)
+            rep.add_result(name, res, answer=out.answers.get(key))
+        elif key == "density":
+            rep.add_result(label or key, res, answer=out.answers.get(key), method="SLQ")
         else:
-            rep.add_result(label or key, res)
+            rep.add_result(label or key, res, answer=out.answers.get(key))
     if "eigs" in out.results:
         rep.add_eigenpairs(
             "Top-k eigenpairs (Lanczos)",
@@ -985,7 +994,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out,
         "Hessian spectrum of the digits CNN",
         f"hessian-spectra demo: a 2,650-parameter CNN trained on scikit-learn's digits, "
-        f"analysed on {s.data.num_samples} samples with Hessian-vector products only.",
+        f"analysed on {s.data.num_samples:,} samples with Hessian-vector products only.",
     )
     _finish(s, out, t0)
     _say(f"Open the report: {path.resolve()}")

@@ -209,6 +209,14 @@ def plot_convergence(
             label=f"tol × min |λ| (tol = {_fmt(float(tol), 2)})",
         )
         ax2.legend(frameon=False, loc="upper right")
+    dtype = str(result.settings.get("operator", {}).get("dtype", ""))
+    if dtype in ("torch.float32", "torch.float64", "torch.float16", "torch.bfloat16"):
+        eps = {"torch.float32": 2.0**-23, "torch.float64": 2.0**-52}.get(dtype, 2.0**-10)
+        floor = eps * float(np.max(np.abs(np.asarray(result.eigenvalues, dtype=np.float64))))
+        if floor > 0:
+            ax2.axhline(floor, color="0.55", ls=":", lw=0.9, label="precision floor ε·max|λ|")
+            ax2.set_ylim(bottom=floor * 1e-2)
+            ax2.legend(frameon=False, loc="upper right")
     ax2.set_xlabel(HVP_LABEL)
     ax2.set_ylabel("residual ‖Hv − θv‖ (loss / parameter²)")
     ax2.set_title("Residual of each Ritz pair")

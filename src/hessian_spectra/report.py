@@ -197,11 +197,14 @@ class Report:
         data = base64.b64encode(png).decode("ascii")
         alt = html.escape(title, quote=True)
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        # show every figure at the same scale (its size in inches), so that fonts match
+        width = round(_png_inches(png) * _PX_PER_INCH)
         self._sections.append(
             _Section(
                 "figure",
                 title,
-                f"<figure><img src='data:image/png;base64,{data}' alt='{alt}'>{cap}</figure>",
+                f"<figure><img src='data:image/png;base64,{data}' alt='{alt}' "
+                f"style='width: {width}px'>{cap}</figure>",
             )
         )
 
@@ -302,6 +305,20 @@ def _kv_table(d: Mapping[str, Any]) -> str:
             text = str(v)
         rows.append(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(text)}</td></tr>")
     return f"<table class='kv'><tbody>{''.join(rows)}</tbody></table>"
+
+
+#: CSS pixels per inch of figure: a 9-inch figure fills the page's 1000-pixel column
+_PX_PER_INCH = 110
+
+
+def _png_inches(png: bytes) -> float:
+    """The width in inches a PNG was drawn at (IHDR width over its pHYs resolution)."""
+    width = int.from_bytes(png[16:20], "big")
+    dpi = 150.0
+    at = png.find(b"pHYs")
+    if at > 0 and png[at + 12] == 1:  # unit: metre
+        dpi = int.from_bytes(png[at + 4 : at + 8], "big") * 0.0254
+    return width / max(dpi, 1.0)
 
 
 def _png_bytes(figure: Any) -> bytes:
