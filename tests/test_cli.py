@@ -366,3 +366,92 @@ def test_unreadable_checkpoint(tmp_path, capsys):
     code, _, err = _run(capsys, "eigs", "--checkpoint", str(bad), "--out", str(tmp_path / "o"))
     assert code != 0 and "cannot read checkpoint" in err and "torch.save" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ other inputs
+def tiny_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """A data factory for --data tests.test_cli:tiny_digits (the first 64 digits)."""
+    from hessian_spectra.data import digits
+
+    x, y = digits()
+    return x[:64], y[:64]
+
+
+def test_factories_for_model_and_data(ckpt, tmp_path, capsys):
+    code, out, err = _run(
+        capsys,
+        "eigs",
+        "--model",
+        "hessian_spectra.models:digits_cnn",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        "tests.test_cli:tiny_digits",
+        "--k",
+        "2",
+        "--batch-size",
+        "25",
+        "--dtype",
+        "float64",
+        "--tol",
+        "1e-8",
+        "--out",
+        str(tmp_path),
+    )
+    assert code == 0, err
+    res = load_result(tmp_path / "eigs.json")
+    # the same Hessian built here on the same 64 samples (batches of 25, 25, 14 weigh in)
+    from hessian_spectra.models import digits_cnn
+    from hessian_spectra.operators.hessian import HessianOperator
+
+    model = digits_cnn()
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
+    x, y = tiny_digits()
+    op = HessianOperator(model.double().eval(), nn.CrossEntropyLoss(), (x.double(), y))
+    ref = np.sort(spla.eigsh(op.to_scipy(), k=2, which="LA", tol=1e-10)[0])[::-1]
+    np.testing.assert_allclose(res.eigenvalues, ref, rtol=1e-7)
+
+
+def _write_cifar(root: Path, per_file: int = 8) -> None:
+    """Tiny CIFAR-10 python batches in the standard format (pickled dicts of uint8 rows)."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        entry = {
+            b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, per_file).tolist(),
+        }
+        with (root / name).open("wb") as f:
+            pickle.dump(entry, f)
+
+
+def test_resnet20_on_cifar_files(tmp_path, capsys):
+    root = tmp_path / "cifar-10-batches-py"
+    _write_cifar(root)
+    code, out, err = _run(
+        capsys,
+        "eigs",
+        "--model",
+        "resnet20",
+        "--data",
+        f"cifar10:{root}",
+        "--samples",
+        "16",
+        "--params",
+        r"^fc\.",
+        "--k",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 0, err
+    res = load_result(tmp_path / "o" / "eigs.json")
+    assert res.settings["operator"]["n"] == 650  # the 64 x 10 + 10 head parameters
+    assert "initialization with seed 0" in err  # no checkpoint: said so, on stderr
+
+
+def test_experiment_command_is_delegated(capsys):
+    assert main(["experiment", "--help"]) == 0
+    assert "sketch-synthetic" in capsys.readouterr().out
