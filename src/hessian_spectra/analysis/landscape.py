@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -418,12 +418,14 @@ def loss_landscape(
 
         sums = np.zeros(grid.shape[0], dtype=np.float64)
         origin_sum = 0.0
-        total = 0.0
+        weight = 0.0
         evaluations = 0
         params_by_name = dict(chosen)
+        n_batches = len(batches) if isinstance(batches, Sized) else None
+        total = None if n_batches is None else n_batches * (grid.shape[0] + 1)
         with (
             torch.no_grad(),
-            progress_bar(None, "loss landscape", enabled=progress, unit="batch") as bar,
+            progress_bar(total, "loss landscape", enabled=progress, unit="loss") as bar,
         ):
             for batch in batches:
                 p_any = chosen[0][1]
@@ -435,15 +437,16 @@ def loss_landscape(
                     value, w = _loss_of_batch(model, loss, loss_fn, b)
                     sums[i] += w * float(value)
                     evaluations += 1
+                    bar.update(1)
                 for name in names:
                     params_by_name[name].copy_(saved_params[name])
                 value, w = _loss_of_batch(model, loss, loss_fn, b)
                 origin_sum += w * float(value)
-                total += w
+                weight += w
                 bar.update(1)
-        if total == 0:
+        if weight == 0:
             raise ValueError("data yielded no batch; pass at least one (inputs, targets) batch")
-        losses = (sums / total).reshape([a.size for a in axes])
+        losses = (sums / weight).reshape([a.size for a in axes])
         if not np.all(np.isfinite(losses)):
             bad = int(np.sum(~np.isfinite(losses)))
             raise FloatingPointError(
@@ -460,7 +463,7 @@ def loss_landscape(
     return LandscapeResult(
         coordinates=axes,
         losses=losses,
-        origin_loss=origin_sum / total,
+        origin_loss=origin_sum / weight,
         kind=kind,
         direction_norms=[float(_flat(d).double().norm()) for d in dirs],
         curvatures=curvatures,
