@@ -917,6 +917,14 @@ def write_report(s: Setup, out: Outcome, title: str, subtitle: str) -> Path:
         if key == "layers":
             name = "Trace and per-layer traces" if shared_trace else "Per-layer traces"
             rep.add_result(name, res, answer=out.answers.get(key))
+        elif key == "eigs_power":
+            lam = np.asarray(res.eigenvalues)
+            rel = np.asarray(res.residuals) / np.maximum(np.abs(lam), 1e-300)
+            answer = (
+                f"λ1 = {lam[0]:.5g}, λ{lam.size} = {lam[-1]:.5g}; stopped by its own rule with "
+                f"relative residuals up to {rel.max():.2g}"
+            )
+            rep.add_result(label or key, res, answer=answer)
         elif key == "density":
             rep.add_result(label or key, res, answer=out.answers.get(key), method="SLQ")
         else:
@@ -927,15 +935,15 @@ def write_report(s: Setup, out: Outcome, title: str, subtitle: str) -> Path:
             out.results["eigs"],
             caption="Residuals are ‖Hv − λv‖ of each returned pair.",
         )
-    if "eigs_power" in out.results:
-        rep.add_eigenpairs(
-            "Top-k eigenpairs (power iteration, PyHessian's stopping rule)",
-            out.results["eigs_power"],
-            caption="Power iteration stops when the Rayleigh quotient changes by less than "
-            "1e-3 relatively; its residuals show how far that is from converged.",
-        )
-    for title_, fig, caption in out.figures:
-        rep.add_figure(title_, fig, caption)
+    for title_, png, caption in out.figures:
+        rep.add_figure(title_, png, caption)
+        if png.stem == "eigs_methods" and "eigs_power" in out.results:
+            rep.add_eigenpairs(
+                "Top-k eigenpairs (power iteration, PyHessian's stopping rule)",
+                out.results["eigs_power"],
+                caption="Power iteration stops when the Rayleigh quotient changes by less "
+                "than 1e-3 relatively; its residuals show how far that is from converged.",
+            )
     path = rep.write(s.out / "report.html")
     out.files.append(path)
     return path

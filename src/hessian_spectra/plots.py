@@ -185,8 +185,9 @@ def plot_convergence(
     if reference is not None:
         for lam in np.asarray(reference, dtype=np.float64)[:k]:
             ax1.axhline(lam, color="0.35", ls=":", lw=0.8)
+    x_final = int(mv[-1]) if len(mv) else result.num_matvecs
     ax1.scatter(
-        np.full(len(result.eigenvalues[:k]), result.num_matvecs),
+        np.full(len(result.eigenvalues[:k]), x_final),
         np.asarray(result.eigenvalues[:k]),
         color="crimson",
         s=14,
