@@ -224,3 +224,39 @@ def test_select_parameters_by_module():
     model = _bn_net()
     chosen = select_parameters(model, [model[3]])
     assert [n for n, _ in chosen] == ["3.weight", "3.bias"]
+
+
+def test_eigen_directions_have_their_eigenvalue_as_curvature():
+    # a float64 MLP: along the top eigenvector v1 the second difference of the loss at the
+    # origin is v1^T H v1 = lambda_1, computed here from the dense Hessian
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(50, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (50,))
+    params = list(model.parameters())
+    g = torch.cat(
+        [
+            t.reshape(-1)
+            for t in torch.autograd.grad(
+                nn.functional.cross_entropy(model(x), y), params, create_graph=True
+            )
+        ]
+    )
+    H = torch.stack(
+        [
+            torch.cat([t.reshape(-1) for t in torch.autograd.grad(g[i], params, retain_graph=True)])
+            for i in range(g.numel())
+        ]
+    ).detach()
+    lam = np.sort(np.linalg.eigvalsh(((H + H.T) / 2).numpy()))[::-1]
+    h = 1e-3
+    res = loss_landscape(
+        model, nn.CrossEntropyLoss(), (x, y), "eigen", dims=1, span=h, steps=3, seed=0
+    )
+    assert res.kind == "eigen" and res.num_matvecs > 0
+    np.testing.assert_allclose(res.curvatures, lam[:1], rtol=1e-6)
+    second = (res.losses[0] - 2 * res.losses[1] + res.losses[2]) / h**2
+    assert second == pytest.approx(lam[0], rel=1e-4)
+    plane = loss_landscape(model, nn.CrossEntropyLoss(), (x, y), "eigen", span=h, steps=3)
+    np.testing.assert_allclose(plane.curvatures, lam[:2], rtol=1e-6)
+    assert plane.direction_norms == pytest.approx([1.0, 1.0], rel=1e-10)
