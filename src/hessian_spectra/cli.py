@@ -150,7 +150,7 @@ def build_model(spec: str, seed: int) -> nn.Module:
 
 def load_checkpoint(model: nn.Module, path: str, model_name: str) -> None:
     """Load a state_dict file into `model`, explaining any mismatch key by key."""
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         raise CLIError(f"checkpoint file {p} not found")
     if not p.is_file():
@@ -234,7 +234,7 @@ def _raw_data(spec: str) -> tuple[Any, str]:
         return digits(), "scikit-learn digits (1,797 images, 8x8)"
     for prefix, train in (("cifar10:", True), ("cifar10-test:", False)):
         if spec.startswith(prefix):
-            root = spec[len(prefix) :]
+            root = str(Path(spec[len(prefix) :]).expanduser()) if spec[len(prefix) :] else ""
             if not root:
                 raise CLIError(f"--data {spec!r}: give the folder, e.g. {prefix}/data/cifar10")
             if not Path(root).exists():
@@ -1258,8 +1258,21 @@ def _save_train(out_dir: Path, log: list[dict[str, Any]], monitor: Any) -> list[
 
 
 # =============================================================================== parser
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the examples' line breaks."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' line breaks; show defaults that say something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or "default" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: {default})"
 
 
 def _inputs(p: argparse.ArgumentParser, *, k: bool = True) -> None:
