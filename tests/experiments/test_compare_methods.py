@@ -12,7 +12,7 @@ import hessian_spectra as hs
 from hessian_spectra.experiments import compare_methods as cm
 from hessian_spectra.experiments import main, register
 from hessian_spectra.experiments.synthetic import STUDY_TOP20, study_like_matrix
-from hessian_spectra.models import resnet20
+from hessian_spectra.models import digits_cnn, resnet20
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +128,16 @@ def test_pyhessian_trace_rule_replay():
 
 
 def test_cli_small_digits_run(tmp_path):
-    # digits CNN (n = 2,650) on 64 samples, briefly trained: every stage end to end.
+    # digits CNN (n = 2,650) from a saved state dict, on 64 samples: every stage end to end.
+    ckpt = tmp_path / "digits.pt"
+    torch.save(digits_cnn(seed=1).state_dict(), ckpt)
     code = main(
         [
-            "compare-methods",
-            "--num-samples", "64", "--train-steps", "2", "--k", "3",
-            "--plain-steps", "8", "--sketch-sizes", "6,12", "--trace-matvecs", "12",
-            "--density-steps", "10", "--reference", "lanczos", "--power-max-iter", "10",
-            "--block-size", "3", "--reference-trace-probes", "10", "--no-plots",
+            "compare-methods", "--checkpoint", str(ckpt),
+            "--num-samples", "64", "--k", "2", "--plain-steps", "6",
+            "--sketch-sizes", "4,8", "--trace-matvecs", "8", "--density-steps", "6",
+            "--reference", "lanczos", "--reference-tol", "1e-6", "--power-max-iter", "5",
+            "--block-size", "2", "--reference-trace-probes", "4", "--no-plots",
             "--out", str(tmp_path),
         ]
     )  # fmt: skip
@@ -143,9 +145,10 @@ def test_cli_small_digits_run(tmp_path):
     rec = json.loads((tmp_path / "compare_methods.json").read_text())
     assert rec["n"] == 2650
     assert rec["problem"]["num_samples"] == 64
+    assert rec["problem"]["checkpoint"] == str(ckpt)
     assert rec["reference"]["kind"] == "lanczos"
     for name in ("power", "lanczos", "block"):
-        assert len(rec["methods"][name]["eigenvalues"]) == 3
+        assert len(rec["methods"][name]["eigenvalues"]) == 2
     assert rec["methods"]["lanczos"]["max_abs_relative_error"] < 1e-3
 
 

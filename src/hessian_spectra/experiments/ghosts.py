@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 import hessian_spectra as hs
-from hessian_spectra.operators.base import LinearOperator
+
+if TYPE_CHECKING:
+    from hessian_spectra.operators.base import LinearOperator
 
 
 @dataclass(frozen=True)

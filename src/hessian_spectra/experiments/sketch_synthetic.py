@@ -12,7 +12,9 @@ errors.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +52,7 @@ COLUMNS: tuple[str, ...] = (
     "true",
     "estimate",
     "percent_error",
+    "predicted_shift",
     "num_matvecs",
 )
 
@@ -132,6 +135,7 @@ class SketchSyntheticRun:
     seconds: float
     seconds_by_kind: dict[str, float] = field(default_factory=dict)
     seconds_generating: float = 0.0
+    machine: dict[str, Any] = field(default_factory=dict)
 
 
 def run(
@@ -166,6 +170,10 @@ def run(
                 d = config.sketch_size(ratio)
                 k = min(config.top_k, d)
                 true = mat.eigenvalues[:k]
+                # the Rademacher sketch's expected upward shift, in percent of
+                # each true eigenvalue: tr(H less its top_k) / d (study notes)
+                rest = float(np.sum(mat.eigenvalues[config.top_k :]))
+                shift = 100.0 * rest / (d * true)
                 for si in range(config.num_sketches):
                     sseed = derive_seed(config.seed, fi, mi, ri, si)
                     for kind in config.kinds:
@@ -189,6 +197,7 @@ def run(
                                     "true": float(true[i]),
                                     "estimate": float(est[i]),
                                     "percent_error": float(err[i]),
+                                    "predicted_shift": float(shift[i]),
                                     "num_matvecs": int(res.num_matvecs),
                                 }
                             )
@@ -201,16 +210,41 @@ def run(
         seconds=time.perf_counter() - t0,
         seconds_by_kind=by_kind,
         seconds_generating=t_gen,
+        machine=machine_info(),
     )
 
 
 # --------------------------------------------------------------------------- tables
 
 
+def load_run(folder: str | Path) -> SketchSyntheticRun:
+    """A finished run read back from its folder (`run.json` and `errors.csv`), to redraw it."""
+    folder = Path(folder)
+    try:
+        rec = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(
+            f"{folder} holds no readable run.json; point --replot at a sketch-synthetic "
+            "output folder"
+        ) from exc
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in rec["config"].items()
+    }
+    cfg = SketchSyntheticConfig(**fields)
+    return SketchSyntheticRun(
+        config=cfg,
+        rows=rows_from_csv(folder / "errors.csv"),
+        seconds=float(rec["seconds"]),
+        seconds_by_kind=dict(rec.get("seconds_by_kind", {})),
+        seconds_generating=float(rec.get("seconds_generating", 0.0)),
+        machine=dict(rec.get("machine", {})),
+    )
+
+
 def rows_from_csv(path: str | Path) -> list[dict[str, Any]]:
     """Read a CSV written by `write_outputs` back into typed rows."""
     ints = {"matrix", "matrix_seed", "sketch_size", "sketch", "sketch_seed", "rank", "num_matvecs"}
-    floats = {"zero_fraction", "ratio", "true", "estimate", "percent_error"}
+    floats = {"zero_fraction", "ratio", "true", "estimate", "percent_error", "predicted_shift"}
     out: list[dict[str, Any]] = []
     for r in read_csv(path):
         row: dict[str, Any] = {}
@@ -222,9 +256,13 @@ def rows_from_csv(path: str | Path) -> list[dict[str, Any]]:
 
 
 def error_array(
-    rows: Sequence[Mapping[str, Any]], config: SketchSyntheticConfig, kind: str
+    rows: Sequence[Mapping[str, Any]],
+    config: SketchSyntheticConfig,
+    kind: str,
+    column: str = "percent_error",
 ) -> np.ndarray:
-    """Percent errors of one kind as an array (fraction, matrix, ratio, sketch, rank).
+    """Percent errors (or another column) of one kind as an array (fraction, matrix,
+    ratio, sketch, rank).
 
     Ranks beyond a sketch's size are NaN.
     """
@@ -247,7 +285,7 @@ def error_array(
             ridx[float(row["ratio"])],
             int(row["sketch"]),
             int(row["rank"]) - 1,
-        ] = float(row["percent_error"])
+        ] = float(row[column])
     return arr
 
 
@@ -258,10 +296,12 @@ def summary_rows(
     out: list[dict[str, Any]] = []
     for kind in config.kinds:
         arr = error_array(rows, config, kind)
+        pred = error_array(rows, config, kind, "predicted_shift")
         for fi, f in enumerate(config.zero_fractions):
             for ri, r in enumerate(config.ratios):
                 e = arr[fi, :, ri].ravel()
                 e = e[np.isfinite(e)]
+                p = pred[fi, :, ri].ravel()
                 out.append(
                     {
                         "kind": kind,
@@ -275,6 +315,7 @@ def summary_rows(
                         "max": float(np.max(e)),
                         "mean_abs": float(np.mean(np.abs(e))),
                         "percent_positive": float(100.0 * np.mean(e > 0)),
+                        "mean_predicted_shift": float(np.mean(p[np.isfinite(p)])),
                     }
                 )
     return out
@@ -292,6 +333,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "max",
     "mean_abs",
     "percent_positive",
+    "mean_predicted_shift",
 )
 
 
@@ -308,6 +350,7 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
             f"{s['min']:+.1f}",
             f"{s['max']:+.1f}",
             f"{s['percent_positive']:.0f}%",
+            f"{s['mean_predicted_shift']:+.1f}" if s["kind"] == "rademacher" else "",
         )
         for s in summary
     ]
@@ -321,6 +364,7 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
         "min",
         "max",
         "share > 0",
+        "tr(H less top k)/(d λ) %",
     )
     return markdown_table(body, header)
 
@@ -332,9 +376,21 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
 ROUNDING_PERCENT = 1e-7
 
 
+def _nan_reduce(
+    fn: Callable[..., np.ndarray], arr: np.ndarray, axis: tuple[int, ...]
+) -> np.ndarray:
+    """`fn` (a NumPy nan-reduction) without the warning for all-NaN slices.
+
+    Ranks beyond a sketch's size are NaN in every draw; their reduction is NaN.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(fn(arr, axis=axis))
+
+
 def _mean_abs_grid(arr: np.ndarray) -> np.ndarray:
     """Mean |percent error| per (fraction, ratio), over matrices, sketches and ranks."""
-    return np.nanmean(np.abs(arr), axis=(1, 3, 4))
+    return _nan_reduce(np.nanmean, np.abs(arr), (1, 3, 4))
 
 
 def evaluate_claims(
@@ -405,7 +461,7 @@ def evaluate_claims(
                 },
             )
         )
-        series = np.nanmean(arr, axis=(1, 3))  # (fraction, ratio, rank)
+        series = _nan_reduce(np.nanmean, arr, (1, 3))  # (fraction, ratio, rank)
         cmp: list[list[bool]] = []
         for fi in range(len(fr)):
             row_ok = []
@@ -483,9 +539,9 @@ def plot_family(
     rank, with a band from the smallest to the largest error.
     """
     arr = error_array(rows, config, kind)  # (F, M, R, S, K)
-    mean = np.nanmean(arr, axis=(1, 3))
-    lo = np.nanmin(arr, axis=(1, 3))
-    hi = np.nanmax(arr, axis=(1, 3))
+    mean = _nan_reduce(np.nanmean, arr, (1, 3))
+    lo = _nan_reduce(np.nanmin, arr, (1, 3))
+    hi = _nan_reduce(np.nanmax, arr, (1, 3))
     ranks = np.arange(1, config.top_k + 1)
     if by == "zero_fraction":
         panels, series = list(config.zero_fractions), list(config.ratios)
@@ -534,7 +590,7 @@ def plot_family(
                 pick(lo, p, s)[ok],
                 pick(hi, p, s)[ok],
                 color=line.get_color(),
-                alpha=0.15,
+                alpha=0.08,
             )
             drawn[str(sval)] = {
                 "rank": ranks[ok].tolist(),
@@ -585,6 +641,7 @@ def plot_family(
             fig,
             out / f"figs{first_fig:02d}-{last:02d}_{kind}_panel.png",
             {"kind": kind, "by": by, "panels": panel_data},
+            dpi=64,
         )
     )
     return paths
@@ -594,6 +651,8 @@ def plot_kinds_overview(
     rows: Sequence[Mapping[str, Any]], config: SketchSyntheticConfig, out: Path
 ) -> Path:
     """Mean |error| against sketch ratio for each kind, one panel per kind, lines per fraction."""
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = new_figure(4.0 * len(config.kinds), 3.4, ncols=len(config.kinds), squeeze=False)
     data: dict[str, Any] = {}
     for ki, kind in enumerate(config.kinds):
@@ -601,9 +660,19 @@ def plot_kinds_overview(
         grid = _mean_abs_grid(error_array(rows, config, kind))
         data[kind] = {str(f): grid[fi].tolist() for fi, f in enumerate(config.zero_fractions)}
         for fi, f in enumerate(config.zero_fractions):
-            ax.plot(config.ratios, grid[fi], marker="o", ms=3, label=f"{_pct(f)} zeros")
+            (line,) = ax.plot(config.ratios, grid[fi], marker="o", ms=3, label=f"{_pct(f)} zeros")
+            if kind == "rademacher":
+                pred = _nan_reduce(
+                    np.nanmean, error_array(rows, config, kind, "predicted_shift")[fi], (0, 2, 3)
+                )
+                ax.plot(config.ratios, pred, ls="--", lw=0.8, color=line.get_color())
+                data.setdefault("rademacher_predicted_shift", {})[str(f)] = pred.tolist()
+        if kind == "rademacher":
+            ax.plot([], [], "k--", lw=0.8, label="tr(H less top k) / (d λ)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(list(config.ratios), [f"{r:g}" for r in config.ratios])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("sketch ratio d / n")
         ax.set_ylabel("mean |error| of top-k [%]")
         ax.set_title(kind, fontsize=9)
@@ -615,7 +684,10 @@ def plot_kinds_overview(
         fontsize=10,
     )
     return save_figure(
-        fig, out / "sketch_kinds_overview.png", {"ratios": list(config.ratios), "mean_abs": data}
+        fig,
+        out / "sketch_kinds_overview.png",
+        {"ratios": list(config.ratios), "mean_abs": data},
+        dpi=64,
     )
 
 
@@ -652,7 +724,7 @@ def write_outputs(
         "seconds": result.seconds,
         "seconds_by_kind": result.seconds_by_kind,
         "seconds_generating": result.seconds_generating,
-        "machine": machine_info(),
+        "machine": result.machine,
         "files": files,
     }
     write_json(out / "claims.json", {"claims": [asdict(c) for c in claims]})
@@ -687,7 +759,13 @@ def _kinds(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `experiment sketch-synthetic`."""
     d = SketchSyntheticConfig()
-    parser.add_argument("--out", default="out/sketch-synthetic", help="output folder")
+    parser.add_argument("--out", help="output folder (default out/sketch-synthetic)")
+    parser.add_argument(
+        "--replot",
+        metavar="DIR",
+        help="redraw the tables, claims and figures of a finished run from DIR's run.json and "
+        "errors.csv, without sketching again (written to --out, default DIR)",
+    )
     parser.add_argument(
         "--small",
         action="store_true",
@@ -751,9 +829,13 @@ def main(args: argparse.Namespace) -> int:
     """Entry point of `experiment sketch-synthetic`; returns the exit code."""
     import sys
 
-    cfg = config_from_args(args)
-    result = run(cfg)
-    record = write_outputs(result, args.out, plots=not args.no_plots)
+    if args.replot:
+        result = load_run(args.replot)
+        out = Path(args.out or args.replot)
+    else:
+        result = run(config_from_args(args))
+        out = Path(args.out or "out/sketch-synthetic")
+    record = write_outputs(result, out, plots=not args.no_plots)
     sys.stdout.write(report(record))
-    sys.stdout.write(f"outputs in {Path(args.out).resolve()}\n")
+    sys.stdout.write(f"outputs in {out.resolve()}\n")
     return 0
