@@ -455,3 +455,10 @@ def test_resnet20_on_cifar_files(tmp_path, capsys):
 def test_experiment_command_is_delegated(capsys):
     assert main(["experiment", "--help"]) == 0
     assert "sketch-synthetic" in capsys.readouterr().out
+
+
+def test_trace_to_a_standard_error_target(ckpt, tmp_path, capsys):
+    code, out, err = _run(capsys, "trace", *_common(ckpt, tmp_path), "--rtol", "0.05")
+    assert code == 0, err
+    tr = load_result(tmp_path / "trace.json")
+    assert tr.stderr <= 0.05 * abs(tr.estimate) and tr.converged

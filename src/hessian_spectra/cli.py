@@ -602,7 +602,8 @@ def run_trace(s: Setup, args: argparse.Namespace, out: Outcome) -> Any:
     tr = trace(
         _operator(s),
         method=args.trace_method,
-        num_matvecs=args.num_matvecs,
+        # a standard-error target replaces the fixed budget
+        num_matvecs=None if getattr(args, "rtol", None) else args.num_matvecs,
         rtol=getattr(args, "rtol", None),
         seed=s.seed,
         progress=True,
@@ -977,8 +978,8 @@ def _finish(s: Setup, out: Outcome, t0: float) -> None:
     unique = {id(r): r for r in out.results.values()}.values()
     hvps = sum(int(getattr(r, "num_matvecs", 0)) for r in unique)
     _say(
-        f"\nWrote {len(out.files)} files to {s.out.resolve()}/ ({hvps} HVPs, "
-        f"{time.perf_counter() - t0:.1f} s)"
+        f"\nWrote {len(out.files)} file{'s' if len(out.files) != 1 else ''} to "
+        f"{s.out.resolve()}/ ({hvps} HVPs, {time.perf_counter() - t0:.1f} s)"
     )
 
 

@@ -441,7 +441,7 @@ def _dir_label(res: LandscapeResult, i: int) -> str:
         return (
             "step along gradient g/‖g‖ (parameter-space distance)"
             if i == 0
-            else ("step along random unit direction ⟂ g (parameter-space distance)")
+            else ("step along random unit direction ⊥ g (parameter-space distance)")
         )
     return f"step along direction {i + 1} (× its norm {res.direction_norms[i]:.3g})"
 
@@ -548,7 +548,7 @@ def _short_dir(res: LandscapeResult, i: int) -> str:
     if res.kind == "random":
         return f"α{i + 1} along d{i + 1} (× filter norm)"
     if res.kind == "gradient":
-        return "α along g/‖g‖" if i == 0 else "β along d ⟂ g"
+        return "α along g/‖g‖" if i == 0 else "β along d ⊥ g"
     return f"α{i + 1} along direction {i + 1}"
 
 
