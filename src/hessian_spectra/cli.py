@@ -1177,43 +1177,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     from tqdm.auto import tqdm
 
+    from hessian_spectra._progress import progress_bar
+
     try:
-        bar = tqdm(range(epochs), desc="train", unit="epoch", leave=False, dynamic_ncols=True)
-        for epoch in bar:
-            model.train()
-            perm = torch.randperm(len(x), generator=gen).to(dev) if bs < len(x) else None
-            total, correct, seen = 0.0, 0, 0
-            for i in range(0, len(x), bs):
-                sel = perm[i : i + bs] if perm is not None else slice(None)
-                xb, yb = x[sel], y[sel]
-                opt.zero_grad(set_to_none=True)
-                logits = model(xb)
-                loss = criterion(logits, yb)
-                if not torch.isfinite(loss):
-                    raise CLIError(f"the loss became {loss.item()} at epoch {epoch}; lower --lr")
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(xb)
-                correct += int((logits.argmax(1) == yb).sum())
-                seen += len(xb)
-            cur_lr = opt.param_groups[0]["lr"]
-            sched.step()
-            rec = {
-                "epoch": epoch + 1,
-                "loss": total / seen,
-                "accuracy": correct / seen,
-                "lr": cur_lr,
-            }
-            log.append(rec)
-            bar.set_postfix_str(f"loss {rec['loss']:.4f} acc {rec['accuracy']:.3f}", refresh=False)
-            if monitor is not None:
-                r = monitor(epoch + 1, lr=cur_lr, loss=rec["loss"])
-                if r is not None:
-                    bar.write(
-                        f"epoch {epoch + 1}: λ1 = {r['eigenvalues'][0]:.5g}, trace = "
-                        f"{r.get('trace', float('nan')):.5g} ({r['eig_matvecs']} HVPs)"
-                    )
-        bar.close()
+        with progress_bar(epochs, "train", enabled=True, unit="epoch") as bar:
+            for epoch in range(epochs):
+                model.train()
+                perm = torch.randperm(len(x), generator=gen).to(dev) if bs < len(x) else None
+                total, correct, seen = 0.0, 0, 0
+                for i in range(0, len(x), bs):
+                    sel = perm[i : i + bs] if perm is not None else slice(None)
+                    xb, yb = x[sel], y[sel]
+                    opt.zero_grad(set_to_none=True)
+                    logits = model(xb)
+                    loss = criterion(logits, yb)
+                    if not torch.isfinite(loss):
+                        raise CLIError(
+                            f"the loss became {loss.item()} at epoch {epoch}; lower --lr"
+                        )
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(xb)
+                    correct += int((logits.argmax(1) == yb).sum())
+                    seen += len(xb)
+                cur_lr = opt.param_groups[0]["lr"]
+                sched.step()
+                rec = {
+                    "epoch": epoch + 1,
+                    "loss": total / seen,
+                    "accuracy": correct / seen,
+                    "lr": cur_lr,
+                }
+                log.append(rec)
+                bar.update(1)
+                bar.set_postfix_str(
+                    f"loss {rec['loss']:.4f} acc {rec['accuracy']:.3f}", refresh=False
+                )
+                if monitor is not None:
+                    r = monitor(epoch + 1, lr=cur_lr, loss=rec["loss"])
+                    if r is not None:
+                        tqdm.write(
+                            f"epoch {epoch + 1}: λ1 = {r['eigenvalues'][0]:.5g}, trace = "
+                            f"{r.get('trace', float('nan')):.5g} ({r['eig_matvecs']} HVPs)"
+                        )
     except KeyboardInterrupt:
         torch.save(model.state_dict(), ckpt)
         _note(f"interrupted at epoch {len(log)}: saved the model so far to {ckpt}")
