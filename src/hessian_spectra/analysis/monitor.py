@@ -84,7 +84,8 @@ class SpectrumMonitor:
             measure the HVPs saved (doubles the eigensolver cost; for studies).
         trace: estimate the trace at each update (``trace_matvecs`` HVPs, XTrace).
         trace_matvecs: the trace estimator's HVP budget.
-        layers: also estimate per-layer traces (from the same probes).
+        layers: also estimate per-layer traces (from the same probes; a layer is a
+            module holding parameters, as in `layer_traces`).
         seed: seed of every random start and probe (the same at each update,
             so that changes in the series come from the model, not the probes).
         max_matvecs: cap on each eigensolve's HVPs.
@@ -219,7 +220,11 @@ class SpectrumMonitor:
                 record["cold_matvecs"] = int(res.num_matvecs)
             self._vectors = res.eigenvectors.detach().clone()
             if self.trace or self.layers:
-                blocks = getattr(op, "blocks", None) if self.layers else None
+                blocks = None
+                if self.layers:
+                    from hessian_spectra.analysis.layers import group_blocks
+
+                    blocks = group_blocks(op.blocks)  # one block per layer (module)
                 tr = trace_fn(
                     op,
                     method="xtrace",
