@@ -686,13 +686,18 @@ def plot_monitor(
         tsteps = np.asarray([r["step"] for r in recs if r.get("trace") is not None])
         tr = np.asarray([r["trace"] for r in recs if r.get("trace") is not None])
         se = np.asarray([r.get("trace_stderr", 0.0) for r in recs if r.get("trace") is not None])
-        ax2.plot(tsteps, tr, color="C2", marker="o", ms=2.5)
+        ax2.plot(tsteps, tr, color="C2", marker="o", ms=2.5, label="total")
         ax2.fill_between(
             tsteps, tr - se, tr + se, color="C2", alpha=0.25, label="±1 standard error"
         )
+        layers = [r.get("layer_traces") or {} for r in recs if r.get("trace") is not None]
+        names = list(dict.fromkeys(n for lt in layers for n in lt))
+        for j, name in enumerate(names):
+            vals = np.asarray([lt[name][0] if name in lt else np.nan for lt in layers])
+            ax2.plot(tsteps, vals, lw=0.9, ls="--", color=f"C{(j + 3) % 10}", label=f"layer {name}")
         ax2.set_xlabel(x_label)
         ax2.set_ylabel("trace of the Hessian (loss / parameter²)")
-        ax2.set_title("Hessian trace (XTrace)")
+        ax2.set_title("Hessian trace (XTrace)" + (" and per layer" if names else ""))
         ax2.legend(frameon=False, fontsize=8)
         ax3 = axes[2]
     else:

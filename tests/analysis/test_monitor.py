@@ -92,6 +92,11 @@ def test_trace_layers_json_and_plot(tmp_path):
     fig = mon.plot(tmp_path / "monitor.png")
     assert (tmp_path / "monitor.png").read_bytes().startswith(b"\x89PNG")
     assert fig.axes[0].get_ylabel()
+    layer_lines = [ln for ln in fig.axes[1].get_lines() if ln.get_label().startswith("layer ")]
+    assert [ln.get_label() for ln in layer_lines] == ["layer 0", "layer 2"]
+    np.testing.assert_allclose(
+        layer_lines[0].get_ydata(), [r["layer_traces"]["0"][0] for r in mon.records]
+    )
 
 
 def test_every_and_bad_input():
