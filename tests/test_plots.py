@@ -248,4 +248,6 @@ def test_monitor_draws_two_over_lr(tmp_path):
     thr = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "2 / learning rate"]
     np.testing.assert_allclose(thr[0].get_ydata(), 20.0)
     assert "80 HVPs saved" in fig.axes[2].get_title()
+    bare = plots.plot_monitor(res, lr_key=None)  # e.g. Adam: 2/lr is no threshold there
+    assert not [ln for ln in bare.axes[0].get_lines() if ln.get_label() == "2 / learning rate"]
     _png_shape(fig, tmp_path)

@@ -1149,6 +1149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if is_digits and args.decay is None
         else [int(f * epochs) for f in (args.decay or (0.5, 0.75))]
     )
+    plain_gd = optimizer_name == "sgd" and args.momentum == 0
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
     monitor = None
     if args.monitor_every:
@@ -1223,11 +1224,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         torch.save(model.state_dict(), ckpt)
         _note(f"interrupted at epoch {len(log)}: saved the model so far to {ckpt}")
-        _save_train(out_dir, log, monitor)
+        _save_train(out_dir, log, monitor, plain_gd)
         return EXIT_INTERRUPTED
     model.eval()
     torch.save(model.state_dict(), ckpt)
-    files = _save_train(out_dir, log, monitor)
+    files = _save_train(out_dir, log, monitor, plain_gd)
     _say(
         _table(
             ["epoch", "loss", "accuracy", "lr"],
@@ -1251,7 +1252,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_train(out_dir: Path, log: list[dict[str, Any]], monitor: Any) -> list[Path]:
+def _save_train(
+    out_dir: Path, log: list[dict[str, Any]], monitor: Any, plain_gd: bool = False
+) -> list[Path]:
     files = []
     p = out_dir / "training.json"
     p.write_text(json.dumps({"epochs": log}, indent=2))
@@ -1260,7 +1263,9 @@ def _save_train(out_dir: Path, log: list[dict[str, Any]], monitor: Any) -> list[
         files.append(monitor.to_json(out_dir / "monitor.json"))
         from hessian_spectra.plots import save_figure
 
-        files.append(save_figure(monitor.plot(), out_dir / "monitor.png"))
+        # 2/lr is the stability threshold of plain gradient descent only
+        fig = monitor.plot(lr_key="lr" if plain_gd else None, x_label="epoch")
+        files.append(save_figure(fig, out_dir / "monitor.png"))
     return files
 
 

@@ -648,7 +648,7 @@ def plot_layer_traces(
 def plot_monitor(
     result: MonitorResult,
     *,
-    lr_key: str = "lr",
+    lr_key: str | None = "lr",
     x_label: str = "training step",
     title: str | None = None,
 ) -> Figure:
@@ -656,8 +656,8 @@ def plot_monitor(
 
     Args:
         result: `SpectrumMonitor.result()` or a loaded `MonitorResult`.
-        lr_key: recorded value holding the learning rate; where present, the
-            gradient-descent stability threshold 2 / lr is drawn.
+        lr_key: recorded value holding the learning rate of plain gradient descent;
+            where present, its stability threshold 2 / lr is drawn (None: never).
         x_label: what the steps count.
         title: the figure title.
     """
@@ -673,7 +673,7 @@ def plot_monitor(
             [r["eigenvalues"][i] if len(r["eigenvalues"]) > i else np.nan for r in recs]
         )
         ax1.plot(steps, vals, marker="o", ms=2.5, lw=1.2, label=f"λ{i + 1}" if k <= 6 else None)
-    lrs = [r.get(lr_key) for r in recs]
+    lrs = [r.get(lr_key) for r in recs] if lr_key else []
     if any(v is not None for v in lrs):
         thr = np.asarray([2.0 / float(v) if v else np.nan for v in lrs])
         ax1.plot(steps, thr, "k--", lw=1.0, label="2 / learning rate")

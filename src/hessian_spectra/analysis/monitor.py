@@ -302,16 +302,25 @@ class SpectrumMonitor:
         """Write the time series to `path` (JSON with provenance)."""
         return self.result().to_json(path)
 
-    def plot(self, path: str | Path | None = None, *, lr_key: str = "lr") -> Figure:
+    def plot(
+        self,
+        path: str | Path | None = None,
+        *,
+        lr_key: str | None = "lr",
+        x_label: str = "training step",
+    ) -> Figure:
         """Plot the series (eigenvalues with 2/lr where an ``lr`` was recorded, trace, HVPs).
 
         Args:
             path: where to save a PNG (None: only return the figure).
-            lr_key: the recorded value holding the learning rate.
+            lr_key: the recorded value holding the learning rate of plain gradient
+                descent, whose stability threshold 2/lr is drawn; None draws none
+                (e.g. for Adam or momentum, where 2/lr is not the threshold).
+            x_label: what the steps count.
         """
         from hessian_spectra.plots import plot_monitor, save_figure
 
-        fig = plot_monitor(self.result(), lr_key=lr_key)
+        fig = plot_monitor(self.result(), lr_key=lr_key, x_label=x_label)
         if path is not None:
             save_figure(fig, path)
         return fig
