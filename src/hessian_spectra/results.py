@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import importlib
 import json
 import math
 import platform
@@ -50,12 +51,12 @@ def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
         if arr.ndim >= 2:
             arrays[key] = arr
             return {"__npz__": key, "torch": True}
-        return {"__array__": arr.tolist(), "dtype": str(arr.dtype), "torch": True}
+        return _encode_1d(arr, torch=True)
     if isinstance(value, np.ndarray):
         if value.ndim >= 2:
             arrays[key] = value
             return {"__npz__": key, "torch": False}
-        return {"__array__": value.tolist(), "dtype": str(value.dtype), "torch": False}
+        return _encode_1d(value, torch=False)
     if isinstance(value, np.generic):
         return _encode(value.item(), arrays, key)
     if isinstance(value, float) and not math.isfinite(value):
@@ -69,13 +70,33 @@ def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
     return value
 
 
+def _encode_1d(arr: np.ndarray, torch: bool) -> dict[str, Any]:
+    """A 0-D/1-D array inline; non-finite floats (JSON has none) listed by index."""
+    out: dict[str, Any] = {"__array__": arr.tolist(), "dtype": str(arr.dtype), "torch": torch}
+    if arr.dtype.kind in "fc" and arr.ndim == 1 and not np.isfinite(arr).all():
+        bad = np.flatnonzero(~np.isfinite(arr))
+        out["nonfinite"] = {str(int(i)): repr(float(arr[i])) for i in bad}
+        out["__array__"] = [
+            0.0 if i in set(bad.tolist()) else x for i, x in enumerate(arr.tolist())
+        ]
+    elif arr.dtype.kind in "fc" and arr.ndim == 0 and not np.isfinite(arr):
+        out["__array__"] = 0.0
+        out["nonfinite"] = {"": repr(float(arr))}
+    return out
+
+
 def _decode(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     if isinstance(value, dict):
         if "__npz__" in value:
             arr = np.asarray(arrays[value["__npz__"]])
             return torch.from_numpy(arr.copy()) if value.get("torch") else arr
         if "__array__" in value:
-            arr = np.asarray(value["__array__"], dtype=value["dtype"])
+            arr = np.array(value["__array__"], dtype=value["dtype"])
+            for idx, text in value.get("nonfinite", {}).items():
+                if idx == "":
+                    arr = np.array(float(text), dtype=arr.dtype)
+                else:
+                    arr[int(idx)] = float(text)
             return torch.from_numpy(arr) if value.get("torch") else arr
         if "__float__" in value:
             return float(value["__float__"])
@@ -111,7 +132,11 @@ class Result:
     def to_dict(self, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """The record as JSON-ready data; 2-D+ arrays are put in `arrays`."""
         store: dict[str, np.ndarray] = {} if arrays is None else arrays
-        out: dict[str, Any] = {"type": type(self).__name__, "provenance": provenance()}
+        out: dict[str, Any] = {
+            "type": type(self).__name__,
+            "module": type(self).__module__,
+            "provenance": provenance(),
+        }
         for f in dataclasses.fields(self):
             out[f.name] = _encode(getattr(self, f.name), store, f.name)
         return out
@@ -151,6 +176,11 @@ def load_result(path: str | Path) -> Result:
         type_name = data["type"]
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{path} is not a hessian-spectra result file: {exc}") from exc
+    module = data.get("module", "")
+    if type_name not in _REGISTRY and module.startswith("hessian_spectra."):
+        # result records defined above this layer (landscapes, monitors) register
+        # on import; only the library's own modules are ever imported from a file
+        importlib.import_module(module)
     if type_name not in _REGISTRY:
         raise ValueError(f"{path} holds an unknown result type {type_name!r}")
     rcls = _REGISTRY[type_name]
