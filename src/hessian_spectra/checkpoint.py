@@ -13,13 +13,18 @@ either the previous checkpoint or the new one, never a torn file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from hessian_spectra._distributed import is_main_process
 
 FORMAT = "hessian-spectra-checkpoint"
 VERSION = 1
@@ -114,3 +119,180 @@ def restore_generator(state: torch.Tensor) -> torch.Generator:
     gen = torch.Generator()
     gen.set_state(state)
     return gen
+
+
+DEFAULT_EVERY = 10
+
+
+class RunCheckpoint:
+    """Periodic atomic saves of one algorithm run, and its resumption.
+
+    An algorithm builds one per call that has a checkpoint path. Its loop calls
+    `boundary()` after every iteration (a consistent state: the iteration's
+    products applied and its history record written); every `every`
+    boundaries the state is written. State that only changes inside an
+    iteration's short update window (after the products) is read at save time
+    through `state`; small state that changes earlier in an iteration (the
+    generator drawing probes before the product, the product counter) is
+    captured at each boundary through `snapshot`. The algorithm calls
+    `dirty()` right before it updates its state; an exception (KeyboardInterrupt
+    included) raised while the state is clean, e.g. during a product or from a
+    callback, saves the state of the last boundary before it propagates, and
+    one raised while dirty leaves the last periodic save in place, which the
+    atomic write keeps valid. Only the main process (rank 0) writes.
+
+    Args:
+        path: the checkpoint file.
+        kind: the computation, e.g. ``"eigsh/lanczos"``.
+        fingerprint: the settings that must match to resume.
+        every: save every this many iterations.
+        resume: continue from `path` when it exists; without it an existing file
+            is refused (it holds an earlier run), so a stale state is never
+            picked up by accident.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        kind: str,
+        fingerprint: Mapping[str, Any],
+        *,
+        every: int = DEFAULT_EVERY,
+        resume: bool = False,
+    ) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"checkpoint_every must be a positive int, got {every!r}")
+        self.path = Path(path).expanduser()
+        self.kind = kind
+        self.fingerprint = dict(fingerprint)
+        self.every = int(every)
+        self.state: dict[str, Any] | None = None
+        if self.path.is_dir():
+            raise CheckpointError(f"checkpoint path {self.path} is a folder; give a file name")
+        if self.path.exists():
+            if not resume:
+                raise CheckpointError(
+                    f"{self.path} holds a saved run; pass resume=True to continue it, or "
+                    "delete the file (or pass another path) to start afresh"
+                )
+            self.state = load_checkpoint(self.path, kind, self.fingerprint)
+        self._state_fn: Callable[[], Mapping[str, Any]] | None = None
+        self._snapshot_fn: Callable[[], Mapping[str, Any]] | None = None
+        self._snapshot: dict[str, Any] | None = None
+        self._clean = False
+        self._since = 0
+        self.saves = 0
+        self.extra: dict[str, Any] = {}  # fixed entries written with every save (e.g. the seed)
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the run continues from a saved state (then `state` holds it)."""
+        return self.state is not None
+
+    def bind(
+        self,
+        state: Callable[[], Mapping[str, Any]],
+        snapshot: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Set the functions that return the run's state (see the class docstring)."""
+        self._state_fn = state
+        self._snapshot_fn = snapshot
+
+    def dirty(self) -> None:
+        """The run starts updating its state: not savable until the next boundary."""
+        self._clean = False
+
+    def boundary(self, *, periodic: bool = True) -> None:
+        """A consistent state: capture the snapshot; save every `every` calls."""
+        self._snapshot = dict(self._snapshot_fn()) if self._snapshot_fn is not None else {}
+        self._clean = True
+        if not periodic:
+            return
+        self._since += 1
+        if self._since >= self.every:
+            self.save()
+
+    def save(self) -> None:
+        """Write the state of the last boundary now (rank 0 only)."""
+        if self._state_fn is None or self._snapshot is None:
+            return
+        self._since = 0
+        if not is_main_process():
+            return
+        state = {**self.extra, **self._snapshot, **self._state_fn()}
+        save_checkpoint(self.path, self.kind, self.fingerprint, state)
+        self.saves += 1
+
+    @contextmanager
+    def guard(self) -> Iterator[RunCheckpoint]:
+        """On any exception, save the last boundary's state if still clean, then re-raise."""
+        try:
+            yield self
+        except BaseException:
+            if self._clean:
+                try:
+                    self.save()
+                except Exception as err:  # keep the original exception, the last save stays
+                    warnings.warn(
+                        f"could not save the checkpoint {self.path} on the way out ({err}); "
+                        "it holds the last periodic save",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+            raise
+
+    def finish(self) -> None:
+        """The run completed: remove the checkpoint (rank 0 only)."""
+        if is_main_process():
+            self.path.unlink(missing_ok=True)
+
+
+def open_run(
+    path: str | Path | None,
+    kind: str,
+    fingerprint: Mapping[str, Any],
+    *,
+    every: int | None,
+    resume: bool,
+) -> RunCheckpoint | None:
+    """A `RunCheckpoint` for `path`, or None when no path is given (then resume is refused)."""
+    if path is None:
+        if resume:
+            raise ValueError("resume=True needs a checkpoint path: pass checkpoint=PATH")
+        if every is not None:
+            raise ValueError("checkpoint_every needs a checkpoint path: pass checkpoint=PATH")
+        return None
+    return RunCheckpoint(
+        path, kind, fingerprint, every=DEFAULT_EVERY if every is None else every, resume=resume
+    )
+
+
+@contextmanager
+def guarded(run: RunCheckpoint | None) -> Iterator[None]:
+    """`run.guard()`, or nothing when there is no checkpoint."""
+    if run is None:
+        yield
+        return
+    with run.guard():
+        yield
+
+
+def resolve_resumed_seed(seed: int | None, run: RunCheckpoint | None) -> int | None:
+    """The seed of a resumed run: the saved one; a different explicit seed is refused."""
+    if run is None or run.state is None:
+        return seed
+    saved = int(run.state["seed"])
+    if seed is not None and int(seed) != saved:
+        raise CheckpointError(
+            f"{run.path} was written with seed={saved}, this call has seed={seed}: call again "
+            "with the same seed (or seed=None) to resume, or use a new checkpoint path"
+        )
+    return saved
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """A SHA-256 of a tensor's values, dtype and shape (for fingerprints)."""
+    h = hashlib.sha256()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -16,10 +16,18 @@ from hessian_spectra.operators.base import LinearOperator
 Callback = Callable[[Mapping[str, Any]], bool | None]
 
 
-def resolve_seed(seed: int | None) -> tuple[int, torch.Generator]:
-    """The seed to record (drawn when None) and a CPU generator seeded with it."""
+def resolve_seed(seed: int | None, op: LinearOperator | None = None) -> tuple[int, torch.Generator]:
+    """The seed to record (drawn when None) and a CPU generator seeded with it.
+
+    For an operator that reduces across ranks (``op.is_distributed``) a drawn
+    seed is rank 0's, so that every rank runs the same computation.
+    """
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])
+        if op is not None and getattr(op, "is_distributed", False):
+            from hessian_spectra._distributed import broadcast_from_main
+
+            seed = int(broadcast_from_main(seed))  # type: ignore[call-overload]
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     return int(seed), torch.Generator().manual_seed(int(seed))
@@ -64,6 +72,11 @@ class Recorder:
         self.progress = progress
         self.callback = callback
         self.history: list[dict[str, Any]] = []
+        # called after each history record is appended, before the callback
+        # (a run's checkpoint marks its consistent states there)
+        self.on_record: Callable[[], None] | None = None
+        self._prior_matvecs = 0  # products and seconds of the run before a resume
+        self._prior_seconds = 0.0
         self._start_matvecs = op.num_matvecs
         self._t0 = time.perf_counter()
         self._stack = ExitStack()
@@ -83,12 +96,27 @@ class Recorder:
 
     @property
     def matvecs(self) -> int:
-        """Products since the recorder started."""
-        return self.op.num_matvecs - self._start_matvecs
+        """Products of the run (since the recorder started, plus those before a resume)."""
+        return self._prior_matvecs + self.op.num_matvecs - self._start_matvecs
 
     @property
     def seconds(self) -> float:
-        return time.perf_counter() - self._t0
+        return self._prior_seconds + time.perf_counter() - self._t0
+
+    def state_dict(self) -> dict[str, Any]:
+        """History, products and seconds so far (for a checkpoint)."""
+        return {"history": list(self.history), "matvecs": self.matvecs, "seconds": self.seconds}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue a saved run: its history, products and seconds count on from there."""
+        self.history = [dict(r) for r in state["history"]]
+        self._start_matvecs = self.op.num_matvecs
+        self._t0 = time.perf_counter()
+        self._prior_matvecs = int(state["matvecs"])
+        self._prior_seconds = float(state["seconds"])
+        if self._bar is not None:
+            self._bar.update(self._prior_matvecs - self._shown)
+            self._shown = self._prior_matvecs
 
     def record(self, postfix: str | None = None, **estimates: Any) -> bool:
         """Append one history record; returns True if the callback asks to stop."""
@@ -102,6 +130,8 @@ class Recorder:
                 val = val.item()
             rec[key] = val
         self.history.append(rec)
+        if self.on_record is not None:
+            self.on_record()
         if self._bar is not None:
             self._bar.update(self.matvecs - self._shown)
             self._shown = self.matvecs

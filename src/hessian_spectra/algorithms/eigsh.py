@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +31,14 @@ import torch
 
 from hessian_spectra.algorithms._common import Callback, Recorder, gaussian, resolve_seed
 from hessian_spectra.algorithms.lanczos import LanczosProcess
+from hessian_spectra.checkpoint import (
+    RunCheckpoint,
+    generator_state,
+    guarded,
+    open_run,
+    resolve_resumed_seed,
+    tensor_digest,
+)
 from hessian_spectra.operators.base import LinearOperator, as_operator
 from hessian_spectra.results import EigshResult
 
@@ -209,6 +218,7 @@ class RawPairs:
     restarts: int = 0
     floor: float = 0.0
     true_floor: bool = False  # whether `floor` is already the true-residual floor
+    basis_bytes: int = 0  # memory held by the basis (Lanczos)
 
 
 # --------------------------------------------------------------------------- Lanczos
@@ -222,15 +232,51 @@ def _lanczos(
     v0: torch.Tensor,
     generator: torch.Generator,
     rec: Recorder,
+    *,
+    run: RunCheckpoint | None = None,
+    basis_device: torch.device | str | None = None,
+    basis_dtype: torch.dtype | None = None,
 ) -> RawPairs:
-    """Lanczos with full reorthogonalization, convergence tested after every product."""
+    """Lanczos with full reorthogonalization, convergence tested after every product.
+
+    Each iteration is: one step (one product), the Ritz pairs, one history
+    record, then the stopping tests and, when the basis is full, a thick
+    restart. A checkpoint is taken right after the record (`pending`: the tests
+    are still to do) or after a restart; a resumed run continues from there.
+    """
     n = op.shape[0]
-    proc = LanczosProcess(op, v0, capacity, reorth="full", generator=generator)
+    proc = LanczosProcess(
+        op,
+        v0,
+        capacity,
+        reorth="full",
+        generator=generator,
+        basis_device=basis_device,
+        basis_dtype=basis_dtype,
+    )
     eps_dtype = op.dtype
     stop_reason = "max_matvecs"
-    ortho_loss = 0.0
-    while True:
-        proc.step()
+    # loop state beside the process: the largest orthogonality loss seen before
+    # restarts, and whether the stopping tests of the last step are still to do
+    loop: dict[str, Any] = {"ortho_loss": 0.0, "pending": False}
+    if run is not None:
+        if run.state is not None:
+            proc.load_state_dict(run.state["process"])
+            loop.update(run.state["loop"])
+            rec.load_state_dict(run.state["recorder"])
+            generator.set_state(run.state["generator"])
+        proc.on_update = run.dirty
+        rec.on_record = run.boundary
+        run.bind(
+            state=lambda: {"process": proc.state_dict(), "loop": dict(loop)},
+            snapshot=lambda: {
+                "recorder": rec.state_dict(),
+                "generator": generator_state(generator),
+            },
+        )
+        run.boundary(periodic=False)
+
+    def evaluate() -> tuple[Any, ...]:
         theta, S, res = proc.ritz()
         vals = np.concatenate([proc.locked_values, theta])
         resid = np.concatenate([proc.locked_residuals, res])
@@ -238,40 +284,61 @@ def _lanczos(
         sel = select(vals, which, kk)
         thr, limited, floor = thresholds(vals, tol, eps_dtype)
         conv = resid[sel] <= thr[sel]
-        nconv = int(conv.sum())
         done = kk == k and bool(conv.all())
-        asc = np.argsort(vals)
-        stop = rec.record(
-            postfix=f"{nconv}/{k} converged",
-            ritz_values=vals[sel],
-            residuals=resid[sel],
-            num_converged=nconv,
-            all_ritz_values=vals[asc],
-            all_residuals=resid[asc],
-            basis_size=proc.num_locked + proc.num_steps,
-            restarts=proc.restarts,
-        )
-        if done:
-            stop_reason = "converged"
-            break
-        if stop:
-            stop_reason = "callback"
-            break
-        if proc.num_matvecs >= max_matvecs:
-            break
-        if proc.num_locked + proc.num_steps >= n:
-            stop_reason = "exhausted"
-            break
-        if proc.done:
-            ortho_loss = max(ortho_loss, proc.orthogonality_loss())
-            _thick_restart(proc, vals, resid, thr, which, k, capacity)
-    ortho_loss = max(ortho_loss, proc.orthogonality_loss())
+        return S, vals, resid, sel, thr, limited, floor, conv, done
+
+    resuming = run is not None and run.resumed and proc.num_matvecs > 0
+    while True:
+        stop = False
+        if resuming:
+            S, vals, resid, sel, thr, limited, floor, conv, done = evaluate()
+            resuming = False
+        else:
+            proc.step()
+            S, vals, resid, sel, thr, limited, floor, conv, done = evaluate()
+            nconv = int(conv.sum())
+            asc = np.argsort(vals)
+            loop["pending"] = True
+            stop = rec.record(
+                postfix=f"{nconv}/{k} converged",
+                ritz_values=vals[sel],
+                residuals=resid[sel],
+                num_converged=nconv,
+                all_ritz_values=vals[asc],
+                all_residuals=resid[asc],
+                basis_size=proc.num_locked + proc.num_steps,
+                restarts=proc.restarts,
+            )
+        if loop["pending"]:
+            if done:
+                stop_reason = "converged"
+                break
+            if stop:
+                stop_reason = "callback"
+                break
+            if proc.num_matvecs >= max_matvecs:
+                break
+            if proc.num_locked + proc.num_steps >= n:
+                stop_reason = "exhausted"
+                break
+            if proc.done:
+                if run is not None:
+                    run.dirty()
+                loop["ortho_loss"] = max(loop["ortho_loss"], proc.orthogonality_loss())
+                _thick_restart(proc, vals, resid, thr, which, k, capacity)
+                loop["pending"] = False
+                if run is not None:
+                    run.boundary(periodic=False)
+            loop["pending"] = False
+    ortho_loss = max(loop["ortho_loss"], proc.orthogonality_loss())
     o = proc.num_locked
     locked_sel = sel[sel < o]
     active_sel = sel[sel >= o] - o
-    Sa = torch.as_tensor(S[:, active_sel], dtype=op.dtype, device=op.device)
-    parts = {int(i): proc.locked_basis[:, int(i)] for i in locked_sel}
-    Y = proc.basis @ Sa
+    parts = {
+        int(i): proc.locked_basis[:, int(i)].to(device=op.device, dtype=op.dtype)
+        for i in locked_sel
+    }
+    Y = proc.combine(S[:, active_sel])
     for j, i in enumerate(active_sel):
         parts[int(i) + o] = Y[:, j]
     vectors = torch.stack([parts[int(i)] for i in sel], dim=1)
@@ -286,6 +353,7 @@ def _lanczos(
         stop_reason=stop_reason,
         restarts=proc.restarts,
         floor=floor,
+        basis_bytes=proc.basis_bytes,
     )
 
 
@@ -353,6 +421,11 @@ def eigsh(
     progress: bool = False,
     max_basis: int | None = None,
     stop: Stop = "residual",
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    basis_device: torch.device | str | None = None,
+    basis_dtype: torch.dtype | None = None,
 ) -> EigshResult:
     """k eigenpairs of a symmetric operator at one end of its spectrum, from products only.
 
@@ -410,6 +483,29 @@ def eigsh(
             "relative_change" (PyHessian's: two successive Rayleigh quotients
             within tol relatively, tol=1e-3 in PyHessian; it can stop with a
             large residual). Other methods accept only "residual".
+        checkpoint: a file to save the run's state to (method="lanczos"): the
+            basis, the tridiagonal (and restart) coefficients, the generator
+            state, the product count and the history, written atomically every
+            `checkpoint_every` steps and when the call is left by an exception
+            (KeyboardInterrupt included) at a consistent point; otherwise the
+            last periodic save stays. The file is removed when the call returns.
+            Only rank 0 of a distributed run writes it.
+        checkpoint_every: steps (products) between saves (default 10).
+        resume: continue the run saved in `checkpoint` (start afresh when the
+            file does not exist, so a job that may be preempted can always pass
+            it). The continued run is the identical computation: the same
+            result, to the bit, as an uninterrupted call with the same
+            arguments. Without it an existing checkpoint file is refused. A
+            file from another computation (other settings, operator size or
+            seed), a truncated or a foreign file raise `CheckpointError`.
+        basis_device: where the Lanczos basis is kept (method="lanczos"), e.g.
+            "cpu" while the operator runs on a GPU (default: the operator's device).
+        basis_dtype: the Lanczos basis's dtype, e.g. torch.float32 under a
+            float64 operator (default: the operator's). The basis memory,
+            ``n * (max_basis + 1)`` values, is reported in
+            ``settings["basis_bytes"]``. A lower precision bounds the accuracy
+            of the pairs to about eps(basis_dtype) * ||H||, and convergence is
+            then judged against that dtype's semi-orthogonality.
 
     Returns:
         An `EigshResult`: eigenvalues in the order of `which`, eigenvectors (n, k),
@@ -466,11 +562,43 @@ def eigsh(
     else:
         basis_cap = default_max_basis(method, k, n, block_size)
     V0 = check_v0(op, v0)
-    seed, gen = resolve_seed(seed)
+    if method != "lanczos" and (
+        checkpoint is not None or basis_device is not None or basis_dtype is not None
+    ):
+        raise ValueError(
+            f"checkpoint, basis_device and basis_dtype are options of method='lanczos'; "
+            f"method={method!r} does not take them"
+        )
+    if basis_dtype is not None and not (
+        isinstance(basis_dtype, torch.dtype) and basis_dtype.is_floating_point
+    ):
+        raise ValueError(f"basis_dtype must be a floating torch dtype, got {basis_dtype!r}")
+    run = open_run(
+        checkpoint,
+        f"eigsh/{method}",
+        {
+            **op.fingerprint(),
+            "k": k,
+            "which": which,
+            "tol": float(tol),
+            "max_matvecs": max_matvecs,
+            "max_basis": basis_cap,
+            "v0": None if V0 is None else tensor_digest(V0),
+            "basis_dtype": str(basis_dtype or op.dtype),
+        },
+        every=checkpoint_every,
+        resume=resume,
+    )
+    seed, gen = resolve_seed(resolve_resumed_seed(seed, run), op)
+    if run is not None:
+        run.extra["seed"] = seed
 
-    with Recorder(
-        op, f"eigsh {method}", total=max_matvecs, progress=progress, callback=callback
-    ) as rec:
+    with (
+        guarded(run),
+        Recorder(
+            op, f"eigsh {method}", total=max_matvecs, progress=progress, callback=callback
+        ) as rec,
+    ):
         settings = rec.settings(
             k=k,
             which=which,
@@ -496,7 +624,14 @@ def eigsh(
             rec,
             block_size=block_size,
             stop=stop,
+            run=run,
+            basis_device=basis_device,
+            basis_dtype=basis_dtype,
         )
+        if raw.basis_bytes:
+            settings["basis_bytes"] = raw.basis_bytes
+            settings["basis_device"] = str(basis_device or op.device)
+            settings["basis_dtype"] = str(basis_dtype or op.dtype)
         verified = False
         if verify:
             res_true, _ = verify_pairs(op, raw.values, raw.vectors)
@@ -507,12 +642,17 @@ def eigsh(
             raw.precision_limited = want < floor
             raw.error_estimates = error_estimates(raw.values, res_true, raw.values)
             verified = True
-        if raw.orthogonality_loss > orthogonality_threshold(op.dtype):
+        ortho_dtype = op.dtype
+        if basis_dtype is not None and torch.finfo(basis_dtype).eps > torch.finfo(op.dtype).eps:
+            ortho_dtype = basis_dtype
+        if raw.orthogonality_loss > orthogonality_threshold(ortho_dtype):
             raw.converged = np.zeros_like(raw.converged, dtype=bool)
         perm = result_order(raw.values, which)
         seconds = rec.seconds
         num_matvecs = rec.matvecs
         history = rec.history
+    if run is not None:
+        run.finish()
     return EigshResult(
         eigenvalues=np.asarray(raw.values, dtype=np.float64)[perm],
         eigenvectors=raw.vectors[:, torch.as_tensor(perm, device=raw.vectors.device)],
@@ -548,11 +688,27 @@ def _dispatch(
     *,
     block_size: int,
     stop: str,
+    run: RunCheckpoint | None = None,
+    basis_device: torch.device | str | None = None,
+    basis_dtype: torch.dtype | None = None,
 ) -> RawPairs:
     if method == "lanczos":
         v = combine_columns(V0, gen) if V0 is not None else gaussian(op, 1, gen)[:, 0]
         capacity = min(op.shape[0], basis_cap, max_matvecs)
-        return _lanczos(op, k, which, tol, max_matvecs, capacity, v, gen, rec)
+        return _lanczos(
+            op,
+            k,
+            which,
+            tol,
+            max_matvecs,
+            capacity,
+            v,
+            gen,
+            rec,
+            run=run,
+            basis_device=basis_device,
+            basis_dtype=basis_dtype,
+        )
     if method == "block":
         from hessian_spectra.algorithms.block_lanczos import block_lanczos_eigsh
 

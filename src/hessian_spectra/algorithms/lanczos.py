@@ -23,9 +23,9 @@ the basis for orthogonalization but removed from the projected matrix.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
@@ -94,9 +94,19 @@ class LanczosProcess:
     `lanczos` runs it for a fixed number of steps.
 
     All of the run's state lives here (basis, coefficients, locked pairs,
-    generator, product count), so saving these attributes checkpoints the run.
-    The basis buffer ``Q`` is allocated once, (n, max_steps + 1), laid out as
+    product count; the generator belongs to the caller): `state_dict` and
+    `load_state_dict` checkpoint and resume the run. The basis buffer ``Q`` is
+    allocated once, (n, max_steps + 1), laid out as
     [locked vectors | active basis | next vector].
+
+    The basis may live on another device than the operator (``basis_device``,
+    e.g. the CPU while the operator runs on a GPU) and in a lower precision
+    (``basis_dtype``, e.g. float32 under a float64 operator): the recurrence and
+    the last two vectors stay in the operator's dtype and device, the stored
+    vectors are rounded to ``basis_dtype`` and upcast in chunks when used. The
+    basis is then orthonormal only to the basis precision (its
+    `orthogonality_loss` is about that dtype's eps), which bounds the accuracy
+    of the Ritz pairs to about eps(basis_dtype) * ||H||.
 
     Args:
         op: the symmetric operator.
@@ -106,7 +116,12 @@ class LanczosProcess:
         reorth: "full" (classical Gram-Schmidt twice against the whole basis) or "none".
         generator: random source for restart vectors after a breakdown.
         store_basis: keep the basis (needed for "full" and for Ritz vectors).
+        basis_device: where the basis is kept (default: the operator's device).
+        basis_dtype: the basis's floating dtype (default: the operator's).
     """
+
+    # columns of the basis upcast at once when it is kept in another dtype
+    _CHUNK_ELEMENTS = 2**22
 
     def __init__(
         self,
@@ -117,6 +132,8 @@ class LanczosProcess:
         reorth: Reorth = "full",
         generator: torch.Generator | None = None,
         store_basis: bool = True,
+        basis_device: torch.device | str | None = None,
+        basis_dtype: torch.dtype | None = None,
     ) -> None:
         if reorth not in ("full", "none"):
             raise ValueError(f"reorth must be 'full' or 'none', got {reorth!r}")
@@ -152,9 +169,19 @@ class LanczosProcess:
         self.locked_residuals = np.empty(0)
         self.restarts = 0
         self._arrow: np.ndarray | None = None
+        # called right before the step updates the state (after its product):
+        # a checkpoint marks the state unsavable until the step is recorded
+        self.on_update: Callable[[], None] | None = None
+        self.basis_device = torch.device(basis_device) if basis_device is not None else op.device
+        self.basis_dtype = basis_dtype if basis_dtype is not None else op.dtype
+        if not self.basis_dtype.is_floating_point:
+            raise ValueError(f"basis_dtype must be a floating dtype, got {self.basis_dtype}")
+        self._same_layout = self.basis_dtype == op.dtype and self.basis_device == op.device
         q = v0 / norm
         if store_basis:
-            self.Q = torch.empty((n, max_steps + 1), dtype=op.dtype, device=op.device)
+            self.Q = torch.empty(
+                (n, max_steps + 1), dtype=self.basis_dtype, device=self.basis_device
+            )
             self.Q[:, 0] = q
         self._q = q
         self._q_prev: torch.Tensor | None = None
@@ -174,10 +201,70 @@ class LanczosProcess:
         """Whether the projected matrix is no longer tridiagonal (after a thick restart)."""
         return self._arrow is not None
 
+    @property
+    def basis_bytes(self) -> int:
+        """Bytes held by the basis buffer (0 when the basis is not stored)."""
+        if not self.store_basis:
+            return 0
+        return int(self.Q.numel() * self.Q.element_size())
+
+    def _row_chunks(self, cols: int) -> list[slice]:
+        n = self.op.shape[0]
+        rows = max(1, self._CHUNK_ELEMENTS // max(1, cols))
+        return [slice(r, min(n, r + rows)) for r in range(0, n, rows)]
+
+    def _project(self, w: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Q[:, lo:hi]^T w for (n,) or (n, c) w, in the operator's dtype and device."""
+        Qj = self.Q[:, lo:hi]
+        if self._same_layout:
+            return Qj.T @ w
+        wb = w.to(self.basis_device)
+        if self.basis_dtype == self.op.dtype:
+            return (Qj.T @ wb).to(self.op.device)
+        out = None
+        for r in self._row_chunks(hi - lo):
+            part = Qj[r].to(self.op.dtype).T @ wb[r]
+            out = part if out is None else out + part
+        assert out is not None
+        return out.to(self.op.device)
+
+    def _combine(self, c: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Q[:, lo:hi] @ c for (k,) or (k, c) coefficients, in the operator's dtype and device."""
+        Qj = self.Q[:, lo:hi]
+        if self._same_layout:
+            return Qj @ c
+        cb = c.to(device=self.basis_device, dtype=self.op.dtype)
+        if self.basis_dtype == self.op.dtype:
+            return (Qj @ cb).to(self.op.device)
+        out = torch.empty(
+            (Qj.shape[0], *cb.shape[1:]), dtype=self.op.dtype, device=self.basis_device
+        )
+        for r in self._row_chunks(hi - lo):
+            out[r] = Qj[r].to(self.op.dtype) @ cb
+        return out.to(self.op.device)
+
+    def combine(self, S: np.ndarray | torch.Tensor, *, locked: bool = False) -> torch.Tensor:
+        """Basis @ S (the Ritz vectors of coefficients S), in the operator's dtype and device.
+
+        Args:
+            S: (m, c) coefficients over the active basis (or over the locked
+                vectors with ``locked=True``).
+        """
+        if not self.store_basis:
+            raise RuntimeError("this process does not store its basis (store_basis=False)")
+        o = self.num_locked
+        lo, hi = (0, o) if locked else (o, o + self.num_steps)
+        St = torch.as_tensor(S, dtype=self.op.dtype, device=self.op.device)
+        return self._combine(St, lo, hi)
+
     def _orthogonalize(self, w: torch.Tensor, upto: int) -> torch.Tensor:
-        Qj = self.Q[:, :upto]
+        if self._same_layout:
+            Qj = self.Q[:, :upto]
+            for _ in range(2):
+                w = w - Qj @ (Qj.T @ w)
+            return w
         for _ in range(2):
-            w = w - Qj @ (Qj.T @ w)
+            w = w - self._combine(self._project(w, 0, upto), 0, upto)
         return w
 
     def _random_orthogonal(self, upto: int) -> torch.Tensor:
@@ -199,13 +286,15 @@ class LanczosProcess:
         o = self.num_locked
         q = self._q
         w = self.op.matvec(q)
+        if self.on_update is not None:
+            self.on_update()
         self.num_matvecs += 1
         a = float(torch.dot(q.double(), w.double()))
         w = w - a * q
         if self._arrow is not None and j == self._arrow.size:
             # first step after a thick restart: q is coupled to every kept Ritz vector
             arrow = torch.as_tensor(self._arrow, dtype=w.dtype, device=w.device)
-            w = w - self.Q[:, o : o + j] @ arrow
+            w = w - self._combine(arrow, o, o + j)
         elif self._q_prev is not None:
             w = w - self.beta[-1] * self._q_prev
         if self.reorth == "full":
@@ -334,10 +423,12 @@ class LanczosProcess:
                 f"keeping {keep_idx.size} vectors beside {o} locked ones leaves no room in a "
                 f"basis of {self.max_steps}: keep fewer"
             )
+        if self.on_update is not None:
+            self.on_update()
         theta, S, _ = self.ritz()
         Sk = S[:, keep_idx]
         coup = Sk.T @ self._coupling()
-        Y = self.basis @ torch.as_tensor(Sk, dtype=self.op.dtype, device=self.op.device)
+        Y = self.combine(Sk).to(device=self.basis_device, dtype=self.basis_dtype)
         q_next = self._q.clone()
         nl = int(lock_mask.sum())
         la = keep_idx.size - nl
@@ -353,6 +444,61 @@ class LanczosProcess:
         self._q = q_next
         self._q_prev = None
         self.restarts += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole run as tensors, numbers and lists (for a checkpoint).
+
+        The basis buffer is stored as it is (no copy is made, so no extra memory);
+        columns past the next vector hold no data.
+        """
+        return {
+            "n": self.op.shape[0],
+            "max_steps": self.max_steps,
+            "reorth": self.reorth,
+            "Q": self.Q if self.store_basis else None,
+            "q": self._q,
+            "q_prev": self._q_prev,
+            "alpha": list(self.alpha),
+            "beta": list(self.beta),
+            "breakdowns": list(self.breakdowns),
+            "num_matvecs": self.num_matvecs,
+            "anorm": self._anorm,
+            "num_locked": self.num_locked,
+            "locked_values": torch.from_numpy(np.array(self.locked_values, dtype=np.float64)),
+            "locked_residuals": torch.from_numpy(np.array(self.locked_residuals, dtype=np.float64)),
+            "restarts": self.restarts,
+            "arrow": None if self._arrow is None else torch.from_numpy(self._arrow.copy()),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the run saved by `state_dict` (same operator size and max_steps)."""
+        n = self.op.shape[0]
+        if int(state["n"]) != n or int(state["max_steps"]) != self.max_steps:
+            raise ValueError(
+                f"the saved Lanczos run has n={state['n']}, max_steps={state['max_steps']}; "
+                f"this one n={n}, max_steps={self.max_steps}"
+            )
+        if state["reorth"] != self.reorth:
+            raise ValueError(f"the saved Lanczos run used reorth={state['reorth']!r}")
+        if self.store_basis:
+            if state["Q"] is None:
+                raise ValueError("the saved Lanczos run has no basis")
+            self.Q.copy_(state["Q"])
+        dev, dt = self.op.device, self.op.dtype
+        self._q = state["q"].to(device=dev, dtype=dt)
+        qp = state["q_prev"]
+        self._q_prev = None if qp is None else qp.to(device=dev, dtype=dt)
+        self.alpha = [float(x) for x in state["alpha"]]
+        self.beta = [float(x) for x in state["beta"]]
+        self.breakdowns = [int(x) for x in state["breakdowns"]]
+        self.num_matvecs = int(state["num_matvecs"])
+        self._anorm = float(state["anorm"])
+        self.num_locked = int(state["num_locked"])
+        self.locked_values = state["locked_values"].numpy().copy()
+        self.locked_residuals = state["locked_residuals"].numpy().copy()
+        self.restarts = int(state["restarts"])
+        arrow = state["arrow"]
+        self._arrow = None if arrow is None else arrow.numpy().copy()
 
     def orthogonality_loss(self) -> float:
         """max |Q^T Q - I| of the stored basis, locked vectors included (float64)."""
@@ -373,7 +519,11 @@ class LanczosProcess:
         return LanczosDecomposition(
             alpha=np.array(self.alpha),
             beta=np.array(self.beta),
-            basis=self.basis.clone() if self.store_basis else None,
+            basis=(
+                self.basis.to(device=self.op.device, dtype=self.op.dtype, copy=True)
+                if self.store_basis
+                else None
+            ),
             next_vector=self._q.clone(),
             num_matvecs=self.num_matvecs,
             breakdowns=list(self.breakdowns),

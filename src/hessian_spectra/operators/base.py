@@ -7,6 +7,7 @@ derived here once.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -93,9 +94,28 @@ class LinearOperator:
             (n, n), matvec=mv, rmatvec=mv, matmat=mm, rmatmat=mm, dtype=np.float64
         )
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this operator in a checkpoint: its type, size and dtype.
+
+        Subclasses add a digest of what defines the matrix (a dense matrix's
+        entries, a model's parameter values), so that a saved run is not
+        continued on a different operator.
+        """
+        return {"operator": type(self).__name__, "n": self.shape[0], "dtype": str(self.dtype)}
+
     def __repr__(self) -> str:
         n = self.shape[0]
         return f"{type(self).__name__}(n={n}, dtype={self.dtype}, device={self.device})"
+
+
+def digest(tensors: list[torch.Tensor]) -> str:
+    """A SHA-256 of tensors' values, dtypes and shapes."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class DenseOperator(LinearOperator):
@@ -136,6 +156,9 @@ class DenseOperator(LinearOperator):
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.matrix @ V
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "matrix": digest([self.matrix])}
 
 
 class ShiftedOperator(LinearOperator):
