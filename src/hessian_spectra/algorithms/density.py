@@ -25,6 +25,7 @@ the data per step for all probes of a block, on a Hessian operator.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch
 
 from hessian_spectra.algorithms._common import Callback, Recorder, rademacher, resolve_seed
 from hessian_spectra.algorithms.lanczos import LanczosProcess, tridiagonal_eigh
+from hessian_spectra.checkpoint import generator_state, guarded, open_run, resolve_resumed_seed
 from hessian_spectra.operators.base import LinearOperator, as_operator
 from hessian_spectra.results import DensityResult
 
@@ -63,6 +65,11 @@ class _Relay(LinearOperator):
         return self.op.matmat(V)
 
 
+def _finished(proc: LanczosProcess, rtol: float) -> bool:
+    """Whether a probe's run is over: its basis is full or its Krylov space invariant."""
+    return proc.done or _broke_down(proc, rtol)
+
+
 def _broke_down(proc: LanczosProcess, rtol: float) -> bool:
     """Whether the run has reached an (exact or near) invariant Krylov space.
 
@@ -86,6 +93,9 @@ def density(
     progress: bool = False,
     callback: Callback | None = None,
     block_size: int = 10,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> DensityResult:
     """Estimate the eigenvalue density by stochastic Lanczos quadrature.
 
@@ -101,6 +111,19 @@ def density(
             stops every probe there (each still gives a valid, shorter Gauss rule).
         block_size: probes run together, their products taken in one block
             (`matmat`); each keeps an (n, num_steps) basis, so this bounds memory.
+        checkpoint: a file to save the run's state to (the running probes'
+            Lanczos bases and coefficients, the finished probes' quadrature
+            coefficients, the generator state, the product count, the history),
+            written atomically every `checkpoint_every` steps and when the call
+            is left by an exception (KeyboardInterrupt included) at a consistent
+            point; removed when the call returns. Only rank 0 writes it.
+        checkpoint_every: lockstep steps (one block product each) between saves
+            (default 10).
+        resume: continue the run saved in `checkpoint` (start afresh when there
+            is no file): the same result, to the bit, as an uninterrupted call
+            with the same arguments. Without it an existing file is refused;
+            a file of another computation, a truncated or a foreign file raise
+            `CheckpointError`.
 
     Returns:
         A `DensityResult` with `nodes` and `weights` (num_probes, num_steps),
@@ -115,7 +138,21 @@ def density(
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")
     steps = min(int(num_steps), n)
-    seed, gen = resolve_seed(seed)
+    run = open_run(
+        checkpoint,
+        "density/slq",
+        {
+            **op.fingerprint(),
+            "num_steps": int(num_steps),
+            "num_probes": int(num_probes),
+            "block_size": int(block_size),
+        },
+        every=checkpoint_every,
+        resume=resume,
+    )
+    seed, gen = resolve_seed(resolve_resumed_seed(seed, run), op)
+    if run is not None:
+        run.extra["seed"] = seed
     # A Ritz value counts as converged (an eigenvalue located, see
     # DensityResult.count_above) when its residual is below this fraction of
     # the spectrum's scale: sqrt(eps) of the operator's precision. The same
@@ -123,45 +160,95 @@ def density(
     conv_rtol = float(torch.finfo(op.dtype).eps) ** 0.5
     starts = rademacher(op, num_probes, gen)
     relay = _Relay(op)
-    finished: list[LanczosProcess] = []
+
+    def new_process(p: int) -> LanczosProcess:
+        return LanczosProcess(relay, starts[:, p], steps, reorth="full", generator=gen)
+
+    # the run's state: the first probe of the running group, its processes, and
+    # the tridiagonal coefficients (alpha, beta) of the probes already finished
+    loop: dict[str, Any] = {"lo": 0, "group": [], "finished": []}
     settings = {"num_steps": num_steps, "num_probes": num_probes, "block_size": block_size}
-    with Recorder(
-        op, "density (SLQ)", total=steps * num_probes, progress=progress, callback=callback
-    ) as rec:
+    with (
+        guarded(run),
+        Recorder(
+            op, "density (SLQ)", total=steps * num_probes, progress=progress, callback=callback
+        ) as rec,
+    ):
+        restored = False
+        if run is not None:
+            if run.state is not None:
+                saved = run.state
+                loop["lo"] = int(saved["lo"])
+                loop["finished"] = [(list(a), list(b)) for a, b in saved["finished"]]
+                group = []
+                for j, proc_state in enumerate(saved["group"]):
+                    proc = new_process(loop["lo"] + j)
+                    proc.load_state_dict(proc_state)
+                    group.append(proc)
+                loop["group"] = group
+                rec.load_state_dict(saved["recorder"])
+                gen.set_state(saved["generator"])
+                restored = True
+            rec.on_record = run.boundary
+            run.bind(
+                state=lambda: {
+                    "lo": loop["lo"],
+                    "group": [p.state_dict() for p in loop["group"]],
+                    "finished": [(list(a), list(b)) for a, b in loop["finished"]],
+                },
+                snapshot=lambda: {
+                    "recorder": rec.state_dict(),
+                    "generator": generator_state(gen),
+                },
+            )
+            run.boundary(periodic=False)
         stop = False
-        for lo in range(0, num_probes, block_size):
-            group = [
-                LanczosProcess(relay, starts[:, p], steps, reorth="full", generator=gen)
-                for p in range(lo, min(num_probes, lo + block_size))
-            ]
-            finished.extend(group)
-            active = list(group)
+        while loop["lo"] < num_probes:
+            lo = loop["lo"]
+            if restored:
+                restored = False
+                group = loop["group"]
+                active = [p for p in group if not p.num_steps or not _finished(p, conv_rtol)]
+            else:
+                group = [new_process(p) for p in range(lo, min(num_probes, lo + block_size))]
+                loop["group"] = group
+                active = list(group)
+                if run is not None:
+                    run.boundary(periodic=False)
             while active and not stop:
                 V = torch.stack([proc.next_vector for proc in active], 1)
                 HV = op.matmat(V)
+                if run is not None:
+                    run.dirty()
                 for j, proc in enumerate(active):
                     relay.load(V[:, j], HV[:, j])
                     proc.step()
-                active = [p for p in active if not (p.done or _broke_down(p, conv_rtol))]
+                active = [p for p in active if not _finished(p, conv_rtol)]
                 stop = rec.record(
                     postfix=f"probes {lo + 1}-{lo + len(group)}",
                     step=group[0].num_steps if group else 0,
                     active=len(active),
                 )
+            if run is not None:
+                run.dirty()
+            loop["finished"].extend((list(p.alpha), list(p.beta)) for p in group)
+            loop["group"] = []
+            loop["lo"] = lo + len(group)
             if stop:
                 break
         seconds, used, history = rec.seconds, rec.matvecs, rec.history
         all_settings = rec.settings(**settings)
+    if run is not None:
+        run.finish()
 
     nodes, weights, residuals, counts = [], [], [], []
-    for proc in finished:
-        a, b = proc.tridiagonal()
-        theta, S = tridiagonal_eigh(a, b)
+    for alpha, beta in loop["finished"]:
+        theta, S = tridiagonal_eigh(np.array(alpha), np.array(beta[:-1]))
         assert S is not None
         w = S[0, :] ** 2
         nodes.append(theta)
         weights.append(w / w.sum())
-        residuals.append(abs(float(proc.beta[-1])) * np.abs(S[-1, :]))
+        residuals.append(abs(float(beta[-1])) * np.abs(S[-1, :]))
         counts.append(theta.size)
     # Probes that stopped early are padded with zero-weight copies of their
     # largest node, so that nodes and weights are rectangular.

@@ -47,7 +47,8 @@ r = (I - P) w as ``r * (B r)`` (times XTrace's normalization).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -59,6 +60,13 @@ from hessian_spectra.algorithms._common import (
     gaussian,
     rademacher,
     resolve_seed,
+)
+from hessian_spectra.checkpoint import (
+    generator_state,
+    guarded,
+    open_run,
+    resolve_resumed_seed,
+    tensor_digest,
 )
 from hessian_spectra.operators.base import LinearOperator, as_operator
 from hessian_spectra.results import TraceResult
@@ -142,7 +150,15 @@ def _orth(Y: torch.Tensor) -> torch.Tensor:
 
 
 class _Estimator:
-    """Incremental state shared by the three estimators."""
+    """Incremental state shared by the three estimators.
+
+    The state is the attributes named in `_STATE`; `state_dict` and
+    `from_state_dict` checkpoint and restore it. `extend` draws probes and
+    multiplies them first, then calls `on_update` (a checkpoint's mark that the
+    state is changing) right before it updates the state.
+    """
+
+    _STATE: tuple[str, ...] = ()
 
     def __init__(
         self, op: LinearOperator, gen: torch.Generator, blocks: Mapping[str, slice | torch.Tensor]
@@ -151,6 +167,35 @@ class _Estimator:
         self.gen = gen
         self.blocks = blocks
         self.wd = _work_dtype(op)
+        self.on_update: Callable[[], None] | None = None
+
+    def _updating(self) -> None:
+        if self.on_update is not None:
+            self.on_update()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The estimator's sums and bases (for a checkpoint)."""
+        return {name: getattr(self, name) for name in self._STATE}
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: Mapping[str, Any],
+        op: LinearOperator,
+        gen: torch.Generator,
+        blocks: Mapping[str, slice | torch.Tensor],
+    ) -> _Estimator:
+        """An estimator continuing from `state_dict` (no product is taken)."""
+        est = cls.__new__(cls)
+        _Estimator.__init__(est, op, gen, blocks)
+        for name in cls._STATE:
+            value = state[name]
+            if isinstance(value, torch.Tensor):
+                value = value.to(op.device)
+            elif isinstance(value, list):
+                value = [v.to(op.device) for v in value]
+            setattr(est, name, value)
+        return est
 
     def mul(self, V: torch.Tensor) -> torch.Tensor:
         """H V in the work dtype, the product taken in the operator's dtype."""
@@ -170,6 +215,8 @@ class _Estimator:
 class _Hutchinson(_Estimator):
     """z^T H z over Rademacher z; per-block z_l . (H z)_l."""
 
+    _STATE = ("samples", "block_samples")
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.samples: list[torch.Tensor] = []
@@ -183,6 +230,7 @@ class _Hutchinson(_Estimator):
         Z = rademacher(self.op, b, self.gen)
         HZ = self.mul(Z)
         C = Z.to(self.wd) * HZ
+        self._updating()
         self.samples.append(C.sum(0))
         if self.blocks:
             self.block_samples.append(_block_sums(C, self.blocks))
@@ -200,6 +248,8 @@ class _Hutchinson(_Estimator):
 
 class _HutchPlusPlus(_Estimator):
     """tr(Q^T H Q) exactly, plus Hutchinson on (I - QQ^T) H (I - QQ^T)."""
+
+    _STATE = ("Q", "lowrank", "block_lowrank", "samples", "block_samples")
 
     def __init__(self, *args: Any, rank: int) -> None:
         super().__init__(*args)
@@ -227,6 +277,7 @@ class _HutchPlusPlus(_Estimator):
         HGp = self.mul(Gp)
         BG = HGp - self.Q @ (self.Q.T @ HGp)
         C = Gp * BG
+        self._updating()
         self.samples.append(C.sum(0))
         if self.blocks:
             self.block_samples.append(_block_sums(C, self.blocks))
@@ -250,6 +301,8 @@ class _XTrace(_Estimator):
     change and Z = H Q only needs the new columns: each probe costs two
     products, whether the run is one block or many.
     """
+
+    _STATE = ("Om", "Y", "Q", "Z", "R")
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -285,6 +338,7 @@ class _XTrace(_Estimator):
         R[:m, :m] = self.R
         R[:m, m:] = R12
         R[m:, m:] = R22
+        self._updating()
         self.R = R
         self.Om = torch.cat([self.Om, W], 1)
         self.Y = torch.cat([self.Y, Yb], 1)
@@ -402,6 +456,9 @@ def trace(
     callback: Callback | None = None,
     max_matvecs: int = 2000,
     block_size: int = 10,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> TraceResult:
     """Estimate tr(H) with a standard error, from Hessian-vector products only.
 
@@ -428,6 +485,17 @@ def trace(
         callback: called with each history record; returning True stops.
         max_matvecs: the cap on products when stopping by `rtol`.
         block_size: probes multiplied per block product (one history record each).
+        checkpoint: a file to save the run's state to (the estimator's sums and
+            bases, the generator state, the product count, the history),
+            written atomically every `checkpoint_every` blocks and when the call
+            is left by an exception (KeyboardInterrupt included) at a consistent
+            point; removed when the call returns. Only rank 0 writes it.
+        checkpoint_every: blocks of probes between saves (default 10).
+        resume: continue the run saved in `checkpoint` (start afresh when there
+            is no file): the same result, to the bit, as an uninterrupted call
+            with the same arguments. Without it an existing file is refused;
+            a file of another computation, a truncated or a foreign file raise
+            `CheckpointError`.
 
     Returns:
         A `TraceResult` with `estimate`, `stderr`, `samples` (the Hutchinson
@@ -452,8 +520,27 @@ def trace(
     budget = int(max_matvecs if adaptive else (num_matvecs or DEFAULT_NUM_MATVECS))
     if num_matvecs is not None and num_matvecs < 1:
         raise ValueError(f"num_matvecs must be positive, got {num_matvecs}")
-    seed, gen = resolve_seed(seed)
     bl = _as_blocks(blocks, n, op.device)
+    run = open_run(
+        checkpoint,
+        f"trace/{method}",
+        {
+            **op.fingerprint(),
+            "num_matvecs": num_matvecs,
+            "rtol": rtol,
+            "max_matvecs": max_matvecs if adaptive else None,
+            "block_size": block_size,
+            "blocks": {
+                name: [idx.start, idx.stop] if isinstance(idx, slice) else tensor_digest(idx)
+                for name, idx in bl.items()
+            },
+        },
+        every=checkpoint_every,
+        resume=resume,
+    )
+    seed, gen = resolve_seed(resolve_resumed_seed(seed, run), op)
+    if run is not None:
+        run.extra["seed"] = seed
 
     # How many products the sketch part takes and how many probes follow.
     rank = 0
@@ -494,27 +581,57 @@ def trace(
         "block_size": block_size,
         "blocks": list(bl),
     }
-    est: _Hutchinson | _HutchPlusPlus | _XTrace
+    est: Any
     converged: bool | None = None
-    with Recorder(
-        op, f"trace ({method})", total=budget, progress=progress, callback=callback
-    ) as rec:
-        if method == "hutchinson":
+    kinds: dict[str, type[_Estimator]] = {
+        "hutchinson": _Hutchinson,
+        "hutch++": _HutchPlusPlus,
+        "xtrace": _XTrace,
+    }
+    with (
+        guarded(run),
+        Recorder(
+            op, f"trace ({method})", total=budget, progress=progress, callback=callback
+        ) as rec,
+    ):
+        if run is not None and run.state is not None:
+            est = kinds[method].from_state_dict(run.state["estimator"], op, gen, bl)
+            rec.load_state_dict(run.state["recorder"])
+            gen.set_state(run.state["generator"])
+        elif method == "hutchinson":
             est = _Hutchinson(op, gen, bl)
         elif method == "hutch++":
             est = _HutchPlusPlus(op, gen, bl, rank=rank)
         else:
             est = _XTrace(op, gen, bl)
-        while True:
-            b = min(block_size, max_probes - est.probes)
-            est.extend(b)
-            value, err, samples, be, bs = est.summary()
-            stop = rec.record(
-                postfix=f"{value:.4g} +- {err:.2g}",
-                estimate=value,
-                stderr=err,
-                probes=est.probes,
+        if run is not None:
+            est.on_update = run.dirty
+            rec.on_record = run.boundary
+            run.bind(
+                state=lambda: {"estimator": est.state_dict()},
+                snapshot=lambda: {
+                    "recorder": rec.state_dict(),
+                    "generator": generator_state(gen),
+                },
             )
+            run.boundary(periodic=False)
+        # a resumed run first re-takes the stopping tests of its last recorded block
+        resuming = run is not None and run.resumed and est.probes > 0
+        while True:
+            if resuming:
+                resuming = False
+                value, err, samples, be, bs = est.summary()
+                stop = False
+            else:
+                b = min(block_size, max_probes - est.probes)
+                est.extend(b)
+                value, err, samples, be, bs = est.summary()
+                stop = rec.record(
+                    postfix=f"{value:.4g} +- {err:.2g}",
+                    estimate=value,
+                    stderr=err,
+                    probes=est.probes,
+                )
             if adaptive:
                 assert rtol is not None
                 converged = est.probes >= MIN_PROBES_FOR_RTOL and err <= rtol * abs(value)
@@ -526,6 +643,8 @@ def trace(
         used = rec.matvecs
         history = rec.history
         all_settings = rec.settings(**settings)
+    if run is not None:
+        run.finish()
 
     names = list(bl)
     return TraceResult(
