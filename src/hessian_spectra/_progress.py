@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from hessian_spectra._distributed import is_main_process
+
 _ENABLED: bool | None = None  # None: follow each call's `progress` argument
 
 
@@ -39,7 +41,7 @@ def progress_bar(
 ) -> Iterator[Any]:
     """A tqdm bar counting `unit`s, or a silent stand-in when progress is off."""
     on = enabled if _ENABLED is None else _ENABLED
-    if not on:
+    if not on or not is_main_process():  # one bar per job, on rank 0
         yield _NoBar()
         return
     from tqdm.auto import tqdm

@@ -308,13 +308,14 @@ def test_wrong_vector_size_or_dtype(mlp):
     assert op.num_matvecs == 0
 
 
-def test_reserved_options_are_stored(mlp):
+def test_distributed_and_determinism_options(mlp):
     op = HessianOperator(mlp.model, CE, (mlp.x, mlp.y))
     assert op.distributed == "auto" and op.check_deterministic is False
+    assert op.is_distributed is False  # no process group here
     op = HessianOperator(mlp.model, CE, (mlp.x, mlp.y), distributed=False)
     assert op.distributed is False
-    with pytest.raises(NotImplementedError, match="check_deterministic"):
-        HessianOperator(mlp.model, CE, (mlp.x, mlp.y), check_deterministic=True)
+    op = HessianOperator(mlp.model, CE, (mlp.x, mlp.y), check_deterministic=True)
+    assert op.num_matvecs == 0  # the check's two products are not counted
     with pytest.raises(ValueError, match="process group"):
         HessianOperator(mlp.model, CE, (mlp.x, mlp.y), distributed=True)
     with pytest.raises(ValueError, match="distributed"):

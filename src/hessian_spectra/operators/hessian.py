@@ -15,10 +15,18 @@ Precision follows the model: the operator works in the dtype of the selected
 parameters. Call ``model.double()`` before building the operator for a
 float64 Hessian; floating-point inputs are cast to that dtype and moved to the
 parameters' device. Sums over several batches are accumulated in float64.
+
+Data parallel: with a ``torch.distributed`` default group of more than one
+rank, each rank multiplies by its shard of the data, and one ``all_reduce``
+per block product sums the sample-weighted products and the sample count
+(packed in one tensor), so every rank gets the full-data product and the
+algorithms above run unchanged, and identically, on every rank.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -27,7 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessian_spectra.operators.base import LinearOperator
+from hessian_spectra import _distributed
+from hessian_spectra.operators.base import LinearOperator, digest
 
 LossFn = Callable[[nn.Module, Any], Any]
 ParamSpec = str | nn.Module | Sequence[str | nn.Module | torch.Tensor] | None
@@ -61,6 +70,81 @@ def _batch_size(batch: Any) -> int:
         f"cannot tell how many samples a batch of type {type(batch).__name__} holds; "
         "have loss_fn return (mean_loss, num_samples)"
     )
+
+
+_NO_ROWS: Any = object()  # a rank's empty slice of a lone batch
+
+
+def _split_rows(batch: Any, rank: int, world: int) -> Any:
+    """Rank `rank`'s contiguous slice of the samples of one batch (or `_NO_ROWS`)."""
+    tensors: list[torch.Tensor] = []
+
+    def collect(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            tensors.append(x)
+        elif isinstance(x, Mapping):
+            for v in x.values():
+                collect(v)
+        elif isinstance(x, (tuple, list)):
+            for v in x:
+                collect(v)
+        else:
+            raise TypeError(
+                f"cannot split a batch holding a {type(x).__name__} across ranks; pass a list "
+                "of batches (sharded by batch) or a DataLoader with a DistributedSampler"
+            )
+
+    collect(batch)
+    sizes = {int(t.shape[0]) if t.ndim else -1 for t in tensors}
+    if len(sizes) != 1 or -1 in sizes:
+        raise ValueError(
+            "to split one batch across ranks every tensor in it needs the same number of "
+            f"samples along dim 0, got sizes {sorted(sizes)}; pass a list of batches instead"
+        )
+    size = sizes.pop()
+    base, extra = divmod(size, world)
+    start = rank * base + min(rank, extra)
+    stop = start + base + (1 if rank < extra else 0)
+    if stop == start:
+        return _NO_ROWS
+
+    def cut(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x[start:stop]
+        if isinstance(x, Mapping):
+            return {k: cut(v) for k, v in x.items()}
+        if isinstance(x, tuple) and hasattr(x, "_fields"):
+            return type(x)(*(cut(v) for v in x))
+        return type(x)(cut(v) for v in x)
+
+    return cut(batch)
+
+
+def _sample_digests(batch: Any) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Per-sample (sum, sum of squares) of the inputs and of the targets of a batch.
+
+    For an ``(inputs, targets)`` batch; other layouts count everything as inputs.
+    Used only by the determinism check, to tell changed data from a random model.
+    """
+
+    def rows(t: torch.Tensor) -> list[tuple[float, float]]:
+        flat = t.detach().reshape(t.shape[0], -1).double() if t.ndim else t.reshape(1, 1).double()
+        return list(zip(flat.sum(1).tolist(), (flat * flat).sum(1).tolist(), strict=True))
+
+    if (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and all(isinstance(t, torch.Tensor) for t in batch)
+    ):
+        return rows(batch[0]), rows(batch[1])
+    parts: list[torch.Tensor] = []
+    if isinstance(batch, torch.Tensor):
+        parts = [batch]
+    elif isinstance(batch, Mapping):
+        parts = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+    elif isinstance(batch, (tuple, list)):
+        parts = [v for v in batch if isinstance(v, torch.Tensor)]
+    return [r for t in parts for r in rows(t)], []
 
 
 class _LossModule(nn.Module):
@@ -105,15 +189,32 @@ class HessianOperator(LinearOperator):
             restored after every pass) and Dropout draws new masks each pass,
             so the operator is not a fixed matrix.
         check_finite: raise when an HVP contains NaN/inf, naming the batch.
-        distributed: ``"auto"`` (default), True or False. Reserved for
-            data-parallel products across a ``torch.distributed`` group; not yet
-            implemented, so an initialized group with more than one rank raises.
-        check_deterministic: reserved; True raises NotImplementedError.
+        distributed: ``"auto"`` (default: on when a ``torch.distributed``
+            default group with more than one rank is initialized), True (the
+            same, but an error without such a group) or False (this rank's data
+            only). Each rank takes a shard of the data, and no sample is
+            counted twice: a DataLoader whose sampler is a
+            ``DistributedSampler`` is the rank's shard as it is (a sampler that
+            pads the data set with repeated samples is refused); any other
+            re-iterable of batches must be the same full data on every rank
+            and is sharded by batch (rank r takes batches r, r + W, ...); one
+            batch is split into W contiguous slices of samples. Every rank must
+            call the same products (run the same algorithm with the same seed).
+        check_deterministic: multiply a random probe twice when the operator is
+            built (two products, not counted in `num_matvecs`) and raise when
+            the results differ by more than 100 machine epsilons relatively,
+            naming the likely cause: Dropout in train mode, random data
+            augmentation, or data that yield different samples on each pass.
+            A shuffled loader passes (only the summation order changes).
 
     Attributes:
         param_names: names of the selected parameters, in vector order.
         params: the selected parameter tensors.
         blocks: ``{name: slice}`` of each parameter in a flat vector.
+        is_distributed: whether products are summed over the ranks of the
+            default ``torch.distributed`` group.
+        num_samples: the samples (total batch weight) of the last product,
+            over all ranks; ``local_num_samples``: this rank's share of them.
     """
 
     def __init__(
@@ -142,10 +243,6 @@ class HessianOperator(LinearOperator):
             raise ValueError(f"hvp_mode must be one of {_MODES}, got {hvp_mode!r}")
         if distributed not in ("auto", True, False):
             raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
-        if check_deterministic:
-            raise NotImplementedError(
-                "check_deterministic=True is not implemented yet; pass check_deterministic=False"
-            )
         self.model = model
         self.criterion = criterion
         self.loss_fn = loss_fn
@@ -154,7 +251,14 @@ class HessianOperator(LinearOperator):
         self.check_finite = bool(check_finite)
         self.distributed = distributed
         self.check_deterministic = bool(check_deterministic)
-        self._check_distributed()
+        # whether products are reduced across the ranks of the default group
+        self.is_distributed = _distributed.resolve_distributed(distributed)
+        self._rank, self._world = _distributed.rank(), _distributed.world_size()
+        self._shard = "none"  # how this rank's data is chosen: none, sampler, batches, rows
+        self._batch_log: list[Any] | None = None  # per-batch digests during the check
+        # samples (batch weights) of the last product: all ranks', and this rank's
+        self.num_samples = 0.0
+        self.local_num_samples = 0.0
 
         names, tensors = self._select_params(params)
         dtypes = {p.dtype for p in tensors}
@@ -204,6 +308,10 @@ class HessianOperator(LinearOperator):
                 empty = False
             if empty:
                 raise ValueError("data is empty; pass at least one batch")
+        if self.is_distributed:
+            self._setup_shard()
+        if self.check_deterministic:
+            self._verify_deterministic()
 
     # ------------------------------------------------------------------ setup
 
@@ -281,21 +389,130 @@ class HessianOperator(LinearOperator):
         names = [name for name, _ in named if name in wanted]
         return names, [p for name, p in named if name in wanted]
 
-    def _check_distributed(self) -> None:
-        if self.distributed is False:
+    def _setup_shard(self) -> None:
+        """Choose this rank's shard of the data (see `distributed` in the class docstring)."""
+        from torch.utils.data import DataLoader, RandomSampler
+        from torch.utils.data.distributed import DistributedSampler
+
+        r, w = self._rank, self._world
+        if self._one_batch is not None:
+            self._one_batch = _split_rows(self._one_batch, r, w)
+            self._shard = "rows"
             return
-        dist = torch.distributed
-        group = dist.is_available() and dist.is_initialized()
-        if group and dist.get_world_size() > 1:
-            raise NotImplementedError(
-                "data-parallel Hessian products across a torch.distributed group are not "
-                "implemented yet; pass distributed=False to use only this rank's data"
-            )
-        if self.distributed is True and not group:
+        sampler = getattr(self.data, "sampler", None) if isinstance(self.data, DataLoader) else None
+        if isinstance(sampler, DistributedSampler):
+            if sampler.num_replicas != w or sampler.rank != r:
+                raise ValueError(
+                    f"the DataLoader's DistributedSampler has num_replicas={sampler.num_replicas}"
+                    f", rank={sampler.rank}, but this process is rank {r} of {w}: build it "
+                    "with the default group's values, DistributedSampler(dataset)"
+                )
+            size = len(sampler.dataset)  # type: ignore[arg-type]
+            if not sampler.drop_last and sampler.total_size > size:
+                raise ValueError(
+                    f"the DataLoader's DistributedSampler pads the {size} samples to "
+                    f"{sampler.total_size} ({w} ranks) by repeating "
+                    f"{sampler.total_size - size} of them, which the Hessian would count "
+                    "twice: pass drop_last=True to the DistributedSampler (it drops "
+                    f"{size % w} samples instead), use a data set whose size is a multiple of "
+                    f"{w}, or pass the full data on every rank (a list of batches or a "
+                    "DataLoader without a DistributedSampler) to have it sharded by batch"
+                )
+            self._shard = "sampler"
+            return
+        if isinstance(sampler, RandomSampler):
             raise ValueError(
-                "distributed=True needs an initialized torch.distributed process group; "
-                "call torch.distributed.init_process_group first, or pass distributed='auto'"
+                "the DataLoader shuffles (RandomSampler): each rank would see its batches in "
+                "another order, so sharding by batch index would count samples twice. Pass "
+                "shuffle=False (the order does not matter for the Hessian), or give the "
+                "DataLoader a DistributedSampler"
             )
+        self._shard = "batches"
+
+    def _verify_deterministic(self) -> None:
+        """Multiply one random probe twice; raise, naming the likely cause, when they differ."""
+        n = self.shape[0]
+        gen = torch.Generator().manual_seed(0)
+        v = torch.randn((n, 1), generator=gen, dtype=torch.float64)
+        v = v.to(dtype=self.dtype, device=self.device)
+        logs: list[list[Any]] = []
+        products = []
+        for _ in range(2):
+            self._batch_log = []
+            try:
+                products.append(self._matmat(v).double())
+            finally:
+                logs.append(self._batch_log)
+                self._batch_log = None
+        h1, h2 = products
+        scale = float(torch.linalg.vector_norm(h1))
+        diff = float(torch.linalg.vector_norm(h1 - h2))
+        tol = 100 * torch.finfo(self.dtype).eps
+        if math.isfinite(diff) and diff <= tol * max(scale, 1e-300):
+            return
+        raise RuntimeError(
+            f"check_deterministic: two products with the same vector differ by {diff:.3g} "
+            f"relative to {scale:.3g} (tolerance: {tol:.1g} relative), so the operator is "
+            f"not a fixed matrix. {self._nondeterminism_cause(logs[0], logs[1])}"
+        )
+
+    def _nondeterminism_cause(self, first: list[Any], second: list[Any]) -> str:
+        """The likely cause of two different products, from what each pass saw."""
+        x1 = sorted(r for inputs, _ in first for r in inputs)
+        x2 = sorted(r for inputs, _ in second for r in inputs)
+        y1 = sorted(r for _, targets in first for r in targets)
+        y2 = sorted(r for _, targets in second for r in targets)
+        if x1 == x2 and y1 == y2:
+            dropout = [
+                name or "model"
+                for name, m in self.model.named_modules()
+                if m.training and isinstance(m, nn.modules.dropout._DropoutNd)
+            ]
+            if dropout:
+                return (
+                    f"Likely cause: Dropout in train mode ({', '.join(dropout[:3])}) draws new "
+                    "masks on every pass; call model.eval() and drop allow_train_mode=True"
+                )
+            batchnorm = [
+                name or "model"
+                for name, m in self.model.named_modules()
+                if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm)
+            ]
+            if batchnorm:
+                return (
+                    "Likely cause: train-mode BatchNorm "
+                    f"({', '.join(batchnorm[:3])}) normalizes with the statistics of batches "
+                    "that are composed differently on each pass; call model.eval()"
+                )
+            return (
+                "Both passes saw the same samples, so the model or the loss is random (a "
+                "stochastic layer or noise drawn in forward): make the forward pass "
+                "deterministic"
+            )
+        if len(x1) == len(x2) and y1 == y2:
+            return (
+                "Likely cause: random data augmentation: the same targets came with different "
+                "inputs on the two passes (e.g. RandomCrop or RandomHorizontalFlip in the data "
+                "set's transform); build the Hessian's data without random transforms"
+            )
+        return (
+            f"Likely cause: the data yield different samples on each pass ({len(x1)} then "
+            f"{len(x2)} samples, with different targets), e.g. a sampler that draws a random "
+            "subset or an iterable that streams new data; pass a fixed list of batches or a "
+            "DataLoader over a fixed data set (shuffle=True is fine)"
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Type, size, dtype and a digest of the selected parameters' names and values.
+
+        The data are not part of it: a checkpoint resumed with other data is not
+        detected.
+        """
+        return {
+            **super().fingerprint(),
+            "param_names": hashlib.sha256(",".join(self.param_names).encode()).hexdigest(),
+            "params": digest(self.params),
+        }
 
     def _check_mode(self) -> None:
         """Refuse BatchNorm/Dropout in train mode unless the user opted in."""
@@ -330,8 +547,20 @@ class HessianOperator(LinearOperator):
         return batch
 
     def _batches(self) -> Iterator[Any]:
+        for batch in self._local_batches():
+            if self._batch_log is not None:
+                self._batch_log.append(_sample_digests(batch))
+            yield batch
+
+    def _local_batches(self) -> Iterator[Any]:
         if self._one_batch is not None:
-            yield self._one_batch
+            if self._one_batch is not _NO_ROWS:
+                yield self._one_batch
+            return
+        if self._shard == "batches":
+            for index, batch in enumerate(self.data):
+                if index % self._world == self._rank:
+                    yield self._prepare(batch)
             return
         for batch in self.data:
             yield self._prepare(batch)
@@ -468,15 +697,18 @@ class HessianOperator(LinearOperator):
         )
         total: torch.Tensor | None = None
         weight_sum = 0.0
-        index = -1
+        bad = -1  # the first batch whose product is not finite (distributed runs)
         for index, batch in enumerate(self._batches()):
             hv, weight = step(batch, Vt)
             if self.check_finite and not bool(torch.isfinite(hv).all()):
-                raise FloatingPointError(
-                    f"the Hessian-vector product of batch {index} contains NaN or inf; check "
-                    "that batch's data and the model's numerics (a float64 model, "
-                    "model.double(), may help)"
-                )
+                if not self.is_distributed:
+                    raise FloatingPointError(
+                        f"the Hessian-vector product of batch {index} contains NaN or inf; check "
+                        "that batch's data and the model's numerics (a float64 model, "
+                        "model.double(), may help)"
+                    )
+                bad = index if bad < 0 else bad
+                hv = torch.zeros_like(hv)
             if total is None:
                 total = hv * weight
             else:
@@ -484,9 +716,41 @@ class HessianOperator(LinearOperator):
                     total = total.to(torch.float64)
                 total.add_(hv.to(torch.float64), alpha=weight)
             weight_sum += weight
+        self.local_num_samples = weight_sum
+        if self.is_distributed:
+            total, weight_sum = self._reduce(total, weight_sum, b, bad)
         if total is None:
             raise ValueError("data yielded no batches; pass at least one batch")
+        self.num_samples = weight_sum
         return total, weight_sum
+
+    def _reduce(
+        self, total: torch.Tensor | None, weight_sum: float, b: int, bad: int
+    ) -> tuple[torch.Tensor, float]:
+        """Sum the ranks' weighted products and sample counts: ONE all_reduce.
+
+        The block, the sample count and the number of ranks with a non-finite
+        product travel in one float64 tensor, so a failure is raised on every
+        rank (no rank is left waiting in the next product).
+        """
+        n = self.shape[0]
+        buf = torch.zeros(n * b + 2, dtype=torch.float64, device=self.device)
+        if total is not None:
+            buf[: n * b] = total.reshape(-1)
+        buf[n * b] = weight_sum
+        buf[n * b + 1] = 1.0 if bad >= 0 else 0.0
+        _distributed.all_reduce_sum(buf)
+        if buf[n * b + 1] > 0:
+            here = f"; on this rank (rank {self._rank}) its batch {bad}" if bad >= 0 else ""
+            raise FloatingPointError(
+                f"a Hessian-vector product contains NaN or inf on {int(buf[n * b + 1])} "
+                f"rank(s){here}; check the data and the model's numerics (a float64 model, "
+                "model.double(), may help)"
+            )
+        weight = float(buf[n * b])
+        if weight <= 0:
+            raise ValueError("no rank has data: give every rank the data (see distributed=)")
+        return buf[: n * b].view(n, b), weight
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         self._check_mode()
