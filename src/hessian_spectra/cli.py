@@ -10,6 +10,14 @@ Bad input (an unknown model or data name, a missing file, a checkpoint that does
 not fit, ``--k`` too large, an output folder that is a file) ends with one line
 on stderr and a non-zero exit status, never a traceback (``--traceback`` shows
 it for debugging).
+
+Long runs are resumable: ``eigs`` (Lanczos), ``trace``, ``density`` and the
+same analyses of ``analyze`` save their state to ``<name>.ckpt`` in the output
+folder as they go (``--save-every``); Ctrl-C (or SIGTERM) saves it and exits
+with status 130, printing the command that continues the run (``--resume``).
+Under ``torchrun --nproc_per_node=N`` the process group is initialized here
+(gloo on CPU, nccl on GPU), each rank multiplies by its share of the data, and
+only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import re
+import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,12 +55,21 @@ class CLIError(Exception):
 
 
 # =============================================================================== output
+def _main_rank() -> bool:
+    """Whether this process prints and writes: always, except on ranks > 0 under torchrun."""
+    from hessian_spectra._distributed import is_main_process
+
+    return is_main_process()
+
+
 def _say(msg: str = "") -> None:
-    print(msg, flush=True)  # noqa: T201 - the CLI is the one place that prints
+    if _main_rank():
+        print(msg, flush=True)  # noqa: T201 - the CLI is the one place that prints
 
 
 def _note(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)  # noqa: T201
+    if _main_rank():
+        print(msg, file=sys.stderr, flush=True)  # noqa: T201
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -486,9 +506,37 @@ def setup(args: argparse.Namespace, *, command: str) -> Setup:
 
 
 def _operator(s: Setup) -> Any:
+    from hessian_spectra._distributed import world_size
     from hessian_spectra.operators.hessian import HessianOperator
 
-    return HessianOperator(s.model, s.criterion, s.data.batches, params=s.params)
+    data = s.data.batches
+    if world_size() > 1 and isinstance(data, list) and len(data) == 1:
+        data = data[0]  # one batch: each rank takes a slice of its samples
+    return HessianOperator(s.model, s.criterion, data, params=s.params)
+
+
+# files of the runs that save their state, for the message on Ctrl-C
+_STATES: list[Path] = []
+
+
+def _state(s: Setup, args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Checkpoint arguments of a resumable computation: its state file in the output folder."""
+    every = int(getattr(args, "save_every", 0) or 0)
+    resume = bool(getattr(args, "resume", False))
+    if every <= 0:
+        if resume:
+            raise CLIError("--resume needs the run's saved state: drop --save-every 0")
+        return {}
+    path = s.out / f"{name}.ckpt"
+    if path.exists() and not resume:
+        raise CLIError(
+            f"{path} holds an interrupted {name} run: add --resume to continue it, or delete "
+            "the file to start afresh"
+        )
+    if resume and path.exists():
+        _note(f"resuming {name} from {path}")
+    _STATES.append(path)
+    return {"checkpoint": path, "checkpoint_every": every, "resume": resume}
 
 
 # =============================================================================== analyses
@@ -504,10 +552,16 @@ class Outcome:
 
 def _save(out: Outcome, s: Setup, name: str, result: Any) -> None:
     out.results[name] = result
-    out.files.append(result.to_json(s.out / f"{name}.json"))
+    if _main_rank():
+        out.files.append(result.to_json(s.out / f"{name}.json"))
 
 
 def _figure(out: Outcome, s: Setup, stem: str, title: str, fig: Any, caption: str) -> None:
+    if not _main_rank():
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return
     from hessian_spectra.plots import save_figure
 
     path = save_figure(fig, s.out / f"{stem}.png")
@@ -527,6 +581,10 @@ def run_eigs(s: Setup, args: argparse.Namespace, out: Outcome, *, compare_power:
         kwargs["max_matvecs"] = args.max_matvecs
     if method == "block":
         kwargs["block_size"] = args.block_size
+    if method == "lanczos":
+        kwargs.update(_state(s, args, "eigs"))
+    elif getattr(args, "resume", False):
+        raise CLIError(f"--resume continues Lanczos runs; --method {method} saves no state")
     top = eigsh(
         op,
         args.k,
@@ -607,6 +665,7 @@ def run_trace(s: Setup, args: argparse.Namespace, out: Outcome) -> Any:
         rtol=getattr(args, "rtol", None),
         seed=s.seed,
         progress=True,
+        **_state(s, args, "trace"),
     )
     _save(out, s, "trace", tr)
     _say(
@@ -695,6 +754,7 @@ def run_density(s: Setup, args: argparse.Namespace, out: Outcome, top: Any) -> A
         num_probes=args.num_probes,
         seed=s.seed,
         progress=True,
+        **_state(s, args, "density"),
     )
     _save(out, s, "density", den)
     nodes = np.asarray(den.nodes)
@@ -892,6 +952,8 @@ def run_landscape(s: Setup, args: argparse.Namespace, out: Outcome, top: Any) ->
 
 # =============================================================================== report
 def write_report(s: Setup, out: Outcome, title: str, subtitle: str) -> Path:
+    if not _main_rank():
+        return s.out / "report.html"
     from hessian_spectra.report import Report
 
     rep = Report(title, subtitle=subtitle, settings=s.settings)
@@ -1349,6 +1411,24 @@ def _inputs(p: argparse.ArgumentParser, *, k: bool = True) -> None:
         o.add_argument("--k", type=int, default=10, help="how many top eigenvalues, e.g. --k 20")
 
 
+def _resume_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("interruptions")
+    g.add_argument(
+        "--save-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="save the run's state to OUT/<analysis>.ckpt every N iterations (Lanczos steps, "
+        "trace probe blocks, density steps); 0 saves nothing",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the runs saved in the output folder (after Ctrl-C or a crash); the "
+        "result is identical to an uninterrupted run",
+    )
+
+
 def _eig_options(p: argparse.ArgumentParser, *, full: bool) -> None:
     g = p.add_argument_group("eigenvalues")
     g.add_argument(
@@ -1502,11 +1582,13 @@ def build_parser() -> argparse.ArgumentParser:
     _density_options(p)
     _sketch_options(p)
     _landscape_options(p, full=False)
+    _resume_options(p)
     p.set_defaults(func=cmd_analyze, train_steps=200)
 
     p = add("eigs", "top-k eigenpairs with residuals", f"{PROG} eigs --k 20 --which LA --tol 1e-6")
     _inputs(p)
     _eig_options(p, full=True)
+    _resume_options(p)
     p.set_defaults(func=cmd_eigs, train_steps=200)
 
     p = add(
@@ -1518,6 +1600,7 @@ def build_parser() -> argparse.ArgumentParser:
     _trace_options(p)
     p.add_argument("--rtol", type=float, help="stop when stderr <= rtol * |trace|, e.g. 0.01")
     p.add_argument("--layers", action="store_true", help="per-layer traces from the same probes")
+    _resume_options(p)
     p.set_defaults(func=cmd_trace, train_steps=200)
 
     p = add(
@@ -1527,6 +1610,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _inputs(p, k=False)
     _density_options(p)
+    _resume_options(p)
     p.set_defaults(func=cmd_density, train_steps=200)
 
     p = add(
@@ -1635,13 +1719,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error argparse already reported
         return int(exc.code) if isinstance(exc.code, int) else EXIT_BAD_INPUT
     set_progress(not args.quiet)
+    from hessian_spectra.checkpoint import CheckpointError
+
+    _STATES.clear()
+    restore_sigterm = _sigterm_interrupts()
+    started_group = False
     try:
+        started_group = _init_distributed(args)
         return int(args.func(args))
-    except CLIError as exc:
+    except (CLIError, CheckpointError) as exc:
         _note(f"{PROG}: error: {exc}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        _note(f"{PROG}: interrupted")
+        _note(_interrupted_message(list(sys.argv[1:] if argv is None else argv)))
         return EXIT_INTERRUPTED
     except Exception as exc:
         if args.traceback:
@@ -1651,3 +1741,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     finally:
         set_progress(None)
+        restore_sigterm()
+        if started_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _interrupted_message(argv: list[str]) -> str:
+    """What was saved, and the exact command that continues it."""
+    saved = [p for p in _STATES if p.exists()]
+    if not saved:
+        return f"{PROG}: interrupted (no run state was saved yet)"
+    again = [a for a in argv if a != "--resume"] + ["--resume"]
+    files = ", ".join(str(p) for p in saved)
+    return (
+        f"{PROG}: interrupted; the run so far is saved in {files}. To continue it, run:\n"
+        f"  {PROG} {shlex.join(again)}"
+    )
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """Treat SIGTERM (a scheduler's preemption) like Ctrl-C; returns the undo."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+
+    def undo() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return undo
+
+
+DISTRIBUTED_COMMANDS = ("analyze", "eigs", "trace", "density", "sketch", "landscape")
+
+
+def _init_distributed(args: argparse.Namespace) -> bool:
+    """Under torchrun (WORLD_SIZE > 1): start the default process group; True if started here.
+
+    gloo for --device cpu, nccl for CUDA (each rank on cuda:LOCAL_RANK unless
+    --device names an index).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or getattr(args, "command", None) not in DISTRIBUTED_COMMANDS:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise CLIError("this torch build has no torch.distributed; run without torchrun")
+    if dist.is_initialized():
+        return False
+    device = str(getattr(args, "device", "cpu"))
+    backend = "gloo"
+    if device.startswith("cuda"):
+        backend = "nccl"
+        if device == "cuda":
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(torch.device(args.device))
+    dist.init_process_group(backend)
+    return True
