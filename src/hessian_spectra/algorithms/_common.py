@@ -150,4 +150,8 @@ class Recorder:
             "dtype": str(self.op.dtype),
             "device": str(self.op.device),
         }
+        if getattr(self.op, "is_distributed", False):
+            from hessian_spectra._distributed import world_size
+
+            out["operator"]["ranks"] = world_size()
         return out
