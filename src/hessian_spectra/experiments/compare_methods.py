@@ -67,6 +67,8 @@ class CompareConfig:
         reference: "exact" (dense Hessian, small models) or "lanczos".
         reference_tol: tolerance of the reference Lanczos run.
         reference_trace_probes: Hutchinson probes of the reference trace when not exact.
+        reference_cache: an .npz file keeping the exact reference between runs
+            (checked against one HVP of the current operator before use).
         density_steps: Lanczos steps of the density.
         density_probes: probes of the density.
         seed: seed of every random draw.
@@ -94,6 +96,7 @@ class CompareConfig:
     reference: str = "exact"
     reference_tol: float = 1e-9
     reference_trace_probes: int = 1000
+    reference_cache: str | None = None
     density_steps: int = 100
     density_probes: int = 1
     seed: int = 0
@@ -110,7 +113,7 @@ def _dtype(name: str) -> torch.dtype:
 
 def _load_state(model: torch.nn.Module, path: str) -> None:
     """Load a state dict saved by `torch.save` (bare, or under "state_dict"/"model")."""
-    file = Path(path)
+    file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint {file} does not exist; pass the path of a state dict")
     state = torch.load(file, map_location="cpu", weights_only=True)
@@ -165,7 +168,7 @@ def build_problem(cfg: CompareConfig) -> tuple[LinearOperator, dict[str, Any]]:
         model = models.resnet20(seed=0)  # type: ignore[assignment]
         _load_state(model, cfg.checkpoint)
         desc["checkpoint"] = cfg.checkpoint
-        ds = hdata.cifar10(cfg.data.split(":", 1)[1], train=True)
+        ds = hdata.cifar10(Path(cfg.data.split(":", 1)[1]).expanduser(), train=True)
         x, y = ds.tensors
     num = cfg.num_samples
     if num is None:
@@ -196,6 +199,25 @@ def reference_spectrum(op: LinearOperator, cfg: CompareConfig) -> dict[str, Any]
     """
     n = op.shape[0]
     t0 = time.perf_counter()
+    if cfg.reference == "exact" and cfg.reference_cache:
+        cached = _cached_reference(op, Path(cfg.reference_cache))
+        if cached is not None:
+            lam = cached["eigenvalues"]
+            return {
+                "kind": "exact",
+                "eigenvalues": lam,
+                "top": _select(lam, cfg.k, cfg.which),
+                "top_power": _select(lam, cfg.k, cfg.power_which),
+                "min": float(lam[-1]),
+                "max": float(lam[0]),
+                "num_negative": int(np.sum(lam < 0)),
+                "trace": float(cached["trace"]),
+                "trace_stderr": 0.0,
+                "asymmetry": float(cached["asymmetry"]),
+                "num_matvecs": 1,
+                "seconds": time.perf_counter() - t0,
+                "cache": cfg.reference_cache,
+            }
     if cfg.reference == "exact":
         if n > 20000:
             raise ValueError(
@@ -211,6 +233,16 @@ def reference_spectrum(op: LinearOperator, cfg: CompareConfig) -> dict[str, Any]
         asym = float(np.max(np.abs(H - H.T)))
         H = (H + H.T) / 2
         lam = np.sort(np.linalg.eigvalsh(H))[::-1]
+        if cfg.reference_cache:
+            path = Path(cfg.reference_cache)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                path,
+                eigenvalues=lam,
+                trace=np.trace(H),
+                asymmetry=asym,
+                probe_hvp=_probe_hvp(op),
+            )
         return {
             "kind": "exact",
             "eigenvalues": lam,
@@ -252,6 +284,35 @@ def reference_spectrum(op: LinearOperator, cfg: CompareConfig) -> dict[str, Any]
     else:
         out.update(trace=None, trace_stderr=None)
     return out
+
+
+def _probe_hvp(op: LinearOperator) -> np.ndarray:
+    """H v for a fixed seeded v: the fingerprint of an operator (one HVP)."""
+    gen = torch.Generator().manual_seed(12345)
+    v = torch.randn(op.shape[0], generator=gen, dtype=torch.float64)
+    return op.matvec(v.to(op.dtype)).detach().cpu().double().numpy()
+
+
+def _cached_reference(op: LinearOperator, path: Path) -> dict[str, Any] | None:
+    """The exact reference stored at `path`, if it belongs to this operator; None if absent."""
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    hv = _probe_hvp(op)
+    stored = data.get("probe_hvp")
+    if (
+        stored is None
+        or stored.shape != hv.shape
+        or not np.allclose(
+            hv, stored, rtol=1e-8, atol=1e-12 * max(float(np.abs(stored).max()), 1e-300)
+        )
+    ):
+        raise ValueError(
+            f"the reference cache {path} was computed for another operator (model, data or "
+            "dtype differ); delete it or pass another --reference-cache"
+        )
+    return data
 
 
 def _select(lam_desc: np.ndarray, k: int, which: str) -> np.ndarray:
@@ -617,6 +678,18 @@ def _fig(width: float, height: float, **kw: Any) -> tuple[Any, Any]:
     return fig, fig.subplots(**kw) if kw else fig.subplots()
 
 
+def _symlog_x(ax: Any, linthresh: float, span: float) -> None:
+    """A symmetric-log x axis with a labelled tick every other decade (no crowding at 0)."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("symlog", linthresh=linthresh)
+    lo, hi = int(np.floor(np.log10(linthresh))), int(np.ceil(np.log10(span)))
+    decades = [10.0**e for e in range(hi, lo - 1, -2)]
+    ticks = sorted([-x for x in decades] + [0.0] + decades)
+    ax.set_xticks(ticks, ["0" if t == 0 else f"{t:.0e}" for t in ticks], fontsize=7)
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def figure3(record: Mapping[str, Any], title: str, out: Path) -> Path:
     """HVPs and seconds per eigenvalue of power iteration, and when each method had eigenvalue i."""
     per = record["methods"]["power"]["per_eigenvalue"]
@@ -741,7 +814,7 @@ def figure6(entry: Mapping[str, Any], reference: np.ndarray, title: str, out: Pa
                 r, color="crimson", lw=0.6, alpha=0.5, label="reference top-k" if j == 0 else None
             )
         ax.axvline(0.0, color="black", lw=0.8)
-        ax.set_xscale("symlog", linthresh=max(1e-3, float(np.max(np.abs(lam))) * 1e-3))
+        _symlog_x(ax, float(np.max(np.abs(lam))) * 1e-3, float(np.max(np.abs(lam))))
         ax.set_xlabel("eigenvalue λ (loss / parameter²)")
         ax.set_ylabel("fraction of sketch eigenvalues > λ")
         ax.legend(frameon=False)
@@ -774,7 +847,7 @@ def figure2_cdf(den: Any, ref: Mapping[str, Any], title: str, out: Path) -> Path
             exact_above = 1.0 - np.searchsorted(lam, grid, side="right") / lam.size
             ax.plot(grid, exact_above, color="black", ls="--", lw=1.0, label="exact")
             data["exact_fraction_above"] = exact_above
-        ax.set_xscale("symlog", linthresh=span * 1e-6)
+        _symlog_x(ax, span * 1e-6, span)
         ax.set_yscale("log")
         ax.set_xlabel("eigenvalue λ (loss / parameter²)")
         ax.set_ylabel("fraction of eigenvalues > λ")
@@ -1024,6 +1097,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--reference", choices=("exact", "lanczos"), help="default: exact for n <= 20000")
     a("--reference-tol", type=float, default=d.reference_tol, help="reference Lanczos tolerance")
     a(
+        "--reference-cache",
+        metavar="FILE",
+        help="keep the exact reference (n HVPs and a dense eigensolve) in this .npz between "
+        "runs; checked against one HVP of the current operator before use",
+    )
+    a(
         "--reference-trace-probes",
         type=int,
         default=d.reference_trace_probes,
@@ -1067,6 +1146,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         reference=reference,
         reference_tol=args.reference_tol,
         reference_trace_probes=args.reference_trace_probes,
+        reference_cache=args.reference_cache,
         density_steps=args.density_steps,
         density_probes=args.density_probes,
         seed=args.seed,
