@@ -43,6 +43,7 @@ def _computations(op):
     top = hs.eigsh(op, 5, tol=1e-10, seed=0)
     out["eigenvalues"] = top.eigenvalues
     out["num_matvecs"] = top.num_matvecs
+    out["ranks"] = top.settings["operator"].get("ranks")
     out["trace"] = hs.trace(op, num_matvecs=40, seed=0).estimate
     return out
 
@@ -117,6 +118,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     np.testing.assert_allclose(r0["eigenvalues"], ref["eigenvalues"], rtol=1e-6, atol=0)
     assert r0["trace"] == pytest.approx(ref["trace"], rel=1e-6)
     assert r0["num_matvecs"] == ref["num_matvecs"]
+    assert r0["ranks"] == 2 and ref["ranks"] is None  # recorded in the result's settings
     assert r0["seed_none"] == r1["seed_none"]
     # one batch split by rows, and a DistributedSampler's shards, give the full product
     hv = HessianOperator(model, CE, (x, y)).matvec(_probe(op.shape[0]))
