@@ -39,6 +39,21 @@ from hessian_spectra.operators.base import LinearOperator, ShiftedOperator
 BOUND_STEPS = 10
 
 
+def ritz_extremes(
+    op: LinearOperator, generator: torch.Generator, steps: int = BOUND_STEPS
+) -> tuple[float, float, float]:
+    """Smallest and largest Ritz values of a short Lanczos run, and its last beta.
+
+    Costs `steps` products. The extreme Ritz values lie inside the spectrum and
+    approach its ends fastest.
+    """
+    m = max(1, min(steps, op.shape[0]))
+    v0 = gaussian(op, 1, generator)[:, 0]
+    dec = lanczos(op, v0, m, generator=generator)
+    theta, _ = dec.ritz(eigvals_only=True)
+    return float(theta.min()), float(theta.max()), abs(float(dec.beta[-1]))
+
+
 def spectral_bounds(
     op: LinearOperator, generator: torch.Generator, steps: int = BOUND_STEPS
 ) -> tuple[float, float]:
@@ -47,12 +62,8 @@ def spectral_bounds(
     a = theta_min - beta_m and b = theta_max + beta_m (Zhou and Li 2011): safe in
     practice, not a guarantee.
     """
-    m = max(1, min(steps, op.shape[0]))
-    v0 = gaussian(op, 1, generator)[:, 0]
-    dec = lanczos(op, v0, m, generator=generator)
-    theta, _ = dec.ritz(eigvals_only=True)
-    beta = abs(float(dec.beta[-1]))
-    return float(theta.min()) - beta, float(theta.max()) + beta
+    lo, hi, beta = ritz_extremes(op, generator, steps)
+    return lo - beta, hi + beta
 
 
 class PowerState:

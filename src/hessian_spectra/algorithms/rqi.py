@@ -37,13 +37,14 @@ from hessian_spectra.algorithms.eigsh import (
     rqi_sketch_size,
     thresholds,
 )
-from hessian_spectra.algorithms.power import spectral_bounds
+from hessian_spectra.algorithms.power import ritz_extremes
 from hessian_spectra.operators.base import LinearOperator, as_operator
 from hessian_spectra.results import EigshResult
 
 INNER_RTOL = 1e-2
 INNER_MAXITER = 100
 STALL = 3
+POWER_STEPS = 1
 
 
 @dataclass
@@ -402,25 +403,35 @@ def rqi_eigsh(
 ) -> RawPairs:
     """`eigsh(method="rqi")`: a range-finder sketch with Rayleigh-Ritz, then `refine`.
 
-    For "LA" ("SA") the range finder multiplies H - a I (b I - H), with [a, b]
-    from `spectral_bounds`, so that its leading directions are the wanted end;
-    for "LM" and "BE" it multiplies H.
+    The range finder (Halko, Martinsson and Tropp 2011, with `POWER_STEPS`
+    subspace iteration) multiplies blocks, so a Hessian operator computes it
+    with one forward pass and one gradient graph per block. For "LA" it runs on
+    H - min(theta_min, 0) I (and for "SA" on max(theta_max, 0) I - H), with the
+    extreme Ritz values of 10 Lanczos steps: the wanted end then has the largest
+    magnitudes while a (nearly) PSD Hessian is left unshifted, where a shift
+    would lift its bulk of near-zero eigenvalues and flatten the spectrum the
+    sketch relies on. "LM" and "BE" sketch H itself.
     """
     n = op.shape[0]
     s = rqi_sketch_size(k, n)
     before = op.num_matvecs
     scale_hint = 0.0
+    S: LinearOperator = op
     if which in ("LA", "SA"):
-        a, b = spectral_bounds(op, generator)
-        scale_hint = max(abs(a), abs(b))
-        S = _shifted(op, -a, 1.0) if which == "LA" else _shifted(op, -b, -1.0)
-    else:
-        S = op
+        lo, hi, _ = ritz_extremes(op, generator)
+        scale_hint = max(abs(lo), abs(hi))
+        if which == "LA" and lo < 0:
+            S = _shifted(op, -lo, 1.0)
+        elif which == "SA":
+            S = _shifted(op, -max(hi, 0.0), -1.0)
     Omega = gaussian(op, s, generator)
     if V0 is not None:
         c = min(V0.shape[1], s)
         Omega[:, :c] = V0[:, :c]
     Y = S.matmat(Omega)
+    for _ in range(POWER_STEPS):
+        Q, _ = torch.linalg.qr(Y)
+        Y = S.matmat(Q)
     Q, _ = torch.linalg.qr(Y)
     HQ = op.matmat(Q)
     theta, C = rayleigh_ritz(Q, HQ)
