@@ -15,13 +15,19 @@ residuals, which no deflated iteration can remove. Reported residuals are the
 full ones.)
 
 Power iteration converges to the eigenvalue of largest magnitude ("LM"). For
-"LA" it runs on ``H - a I`` and for "SA" on ``b I - H``, where [a, b] encloses
-the spectrum: the bounds ``theta_min - beta_m`` and ``theta_max + beta_m`` of a
-10-step Lanczos run (Zhou and Li 2011), 10 products spent once. The shifted
-operator is positive semi-definite, so its largest magnitudes are the wanted
-end of H. The convergence factor of pair i is |lambda_{i+1} - a| / |lambda_i - a|
-(for "LA"), as slow as ever when eigenvalues are close: for a comparison, not
-for production (use Lanczos).
+"LA" it runs on ``H - sigma I``, which it needs where the negative end of H
+outweighs the wanted positive eigenvalues: pair i converges to the top when
+``lambda_i - sigma > |lambda_min - sigma|``, i.e. ``sigma < (lambda_i +
+lambda_min) / 2``. Every unit of shift also slows it (the factor is
+``(lambda_{i+1} - sigma) / (lambda_i - sigma)``), so the shift is the smallest
+that does the job, estimated cheaply: ``sigma = min(theta_min, 0)`` with
+theta_min the smallest Ritz value of 10 Lanczos steps (10 products, once).
+Extreme Ritz values approach the ends of the spectrum first, and sigma meets
+the condition whenever the wanted eigenvalues are non-negative and theta_min
+has reached half of lambda_min; a nearly PSD Hessian (theta_min >= 0) is not
+shifted at all. "SA" is the mirror image, on ``max(theta_max, 0) I - H``.
+Convergence remains as slow as ever when eigenvalues are close: for a
+comparison, not for production (use Lanczos).
 """
 
 from __future__ import annotations
@@ -52,18 +58,6 @@ def ritz_extremes(
     dec = lanczos(op, v0, m, generator=generator)
     theta, _ = dec.ritz(eigvals_only=True)
     return float(theta.min()), float(theta.max()), abs(float(dec.beta[-1]))
-
-
-def spectral_bounds(
-    op: LinearOperator, generator: torch.Generator, steps: int = BOUND_STEPS
-) -> tuple[float, float]:
-    """Estimated bounds (a, b) enclosing the spectrum from a short Lanczos run (`steps` products).
-
-    a = theta_min - beta_m and b = theta_max + beta_m (Zhou and Li 2011): safe in
-    practice, not a guarantee.
-    """
-    lo, hi, beta = ritz_extremes(op, generator, steps)
-    return lo - beta, hi + beta
 
 
 class PowerState:
@@ -169,10 +163,10 @@ def power_eigsh(
         sides = [("LA", math.ceil(k / 2)), ("SA", k // 2)]
     else:
         sides = [(which, k)]
-    bounds: tuple[float, float] | None = None
+    extremes: tuple[float, float, float] | None = None
     if which != "LM":
         before = op.num_matvecs
-        bounds = spectral_bounds(op, generator)
+        extremes = ritz_extremes(op, generator)
         state.num_matvecs += op.num_matvecs - before
     per_pair = max(2, (max_matvecs - state.num_matvecs) // k)
     stop_reason = "converged"
@@ -184,12 +178,12 @@ def power_eigsh(
             S: LinearOperator = op
             state.shift, state.scale = 0.0, 1.0
         elif side == "LA":
-            assert bounds is not None
-            state.shift, state.scale = -bounds[0], 1.0
+            assert extremes is not None
+            state.shift, state.scale = -min(extremes[0], 0.0), 1.0
             S = ShiftedOperator(op, shift=state.shift, scale=state.scale)
         else:
-            assert bounds is not None
-            state.shift, state.scale = -bounds[1], -1.0
+            assert extremes is not None
+            state.shift, state.scale = -max(extremes[1], 0.0), -1.0
             S = ShiftedOperator(op, shift=state.shift, scale=state.scale)
         for _ in range(count):
             state.start_pair()
@@ -229,7 +223,8 @@ def power_eigsh(
     values = np.asarray(state.values, dtype=np.float64)
     residuals = np.asarray(state.residuals, dtype=np.float64)
     scale = float(np.abs(values).max()) if values.size else 0.0
-    scale = max(scale, abs(bounds[0]) if bounds else 0.0, abs(bounds[1]) if bounds else 0.0)
+    if extremes is not None:
+        scale = max(scale, abs(extremes[0]), abs(extremes[1]))
     _, limited, floor = thresholds(values, tol, op.dtype, scale, true_residuals=True)
     V = torch.stack(state.vectors, dim=1)
     G = V.double().T @ V.double()
