@@ -411,6 +411,12 @@ def run_resnet(reference_seconds: float, max_reference_probes: int) -> dict[str,
             "seconds_per_hvp": sec / samples.size,
             "relative_difference_to_reference": (est - ref.estimate) / abs(ref.estimate),
             "sample_stderr_it_does_not_report": se,
+            "samples": samples,
+            # Its rule divides by the previous running mean: when that is
+            # negative the ratio is negative and "converges" at once.
+            "stopped_on_negative_running_mean": bool(
+                samples.size < 100 and samples[: samples.size - 1].mean() < 0
+            ),
         }
         out["seconds_per_hvp_ratio_ours_xtrace_over_pyhessian"] = (
             ests["xtrace"]["seconds"] / ests["xtrace"]["hvps"] / (sec / samples.size)
