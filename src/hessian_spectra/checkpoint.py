@@ -250,12 +250,16 @@ class RunCheckpoint:
 def open_run(
     path: str | Path | None,
     kind: str,
-    fingerprint: Mapping[str, Any],
+    fingerprint: Callable[[], Mapping[str, Any]],
     *,
     every: int | None,
     resume: bool,
 ) -> RunCheckpoint | None:
-    """A `RunCheckpoint` for `path`, or None when no path is given (then resume is refused)."""
+    """A `RunCheckpoint` for `path`, or None when no path is given (then resume is refused).
+
+    `fingerprint` is called only when there is a path (it may hash a model's
+    parameters).
+    """
     if path is None:
         if resume:
             raise ValueError("resume=True needs a checkpoint path: pass checkpoint=PATH")
@@ -263,7 +267,7 @@ def open_run(
             raise ValueError("checkpoint_every needs a checkpoint path: pass checkpoint=PATH")
         return None
     return RunCheckpoint(
-        path, kind, fingerprint, every=DEFAULT_EVERY if every is None else every, resume=resume
+        path, kind, fingerprint(), every=DEFAULT_EVERY if every is None else every, resume=resume
     )
 
 

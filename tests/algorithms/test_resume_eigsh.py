@@ -200,3 +200,21 @@ def test_options_refused_where_they_do_not_apply(tmp_path):
         hs.eigsh(op, 3, method="power", checkpoint=tmp_path / "c.pt")
     with pytest.raises(ValueError, match="checkpoint_every must be a positive int"):
         hs.eigsh(op, 3, checkpoint=tmp_path / "c.pt", checkpoint_every=0)
+
+
+def test_fingerprint_only_taken_with_a_checkpoint(tmp_path):
+    """Hashing a model's parameters is skipped when no checkpoint is asked for."""
+
+    class Costly(Interrupting):
+        calls = 0
+
+        def fingerprint(self):
+            Costly.calls += 1
+            return super().fingerprint()
+
+    hs.eigsh(Costly(_matrix()), 3, seed=0)
+    hs.trace(Costly(_matrix()), seed=0, num_matvecs=20)
+    hs.density(Costly(_matrix()), seed=0, num_steps=5)
+    assert Costly.calls == 0
+    hs.eigsh(Costly(_matrix()), 3, seed=0, checkpoint=tmp_path / "c.ckpt")
+    assert Costly.calls == 1

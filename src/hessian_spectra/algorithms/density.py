@@ -141,7 +141,7 @@ def density(
     run = open_run(
         checkpoint,
         "density/slq",
-        {
+        lambda: {
             **op.fingerprint(),
             "num_steps": int(num_steps),
             "num_probes": int(num_probes),

@@ -576,7 +576,7 @@ def eigsh(
     run = open_run(
         checkpoint,
         f"eigsh/{method}",
-        {
+        lambda: {
             **op.fingerprint(),
             "k": k,
             "which": which,

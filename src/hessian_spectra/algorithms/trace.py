@@ -524,7 +524,7 @@ def trace(
     run = open_run(
         checkpoint,
         f"trace/{method}",
-        {
+        lambda: {
             **op.fingerprint(),
             "num_matvecs": num_matvecs,
             "rtol": rtol,
