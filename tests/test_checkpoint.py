@@ -55,3 +55,22 @@ def test_other_computation_refused(tmp_path):
         load_checkpoint(p, "trace", {**FP, "k": 4})
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt", "trace", FP)
+
+
+def test_hessian_operator_fingerprint_follows_the_weights():
+    """A checkpoint is not continued on a model whose parameters changed."""
+    from torch import nn
+
+    from hessian_spectra.operators.hessian import HessianOperator
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    batch = (torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 1, 0]))
+    crit = nn.CrossEntropyLoss()
+    first = HessianOperator(model, crit, batch).fingerprint()
+    assert HessianOperator(model, crit, batch).fingerprint() == first
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1e-9
+    changed = HessianOperator(model, crit, batch).fingerprint()
+    assert changed["params"] != first["params"] and changed["n"] == first["n"] == 26
+    assert HessianOperator(model, crit, batch, params="0.").fingerprint()["n"] == 16
