@@ -3,6 +3,8 @@
 import argparse
 import json
 import pickle
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +210,40 @@ def test_resnet20_problem_from_checkpoint_and_cifar_folder(tmp_path):
                 model="resnet20", data=f"cifar10:{tmp_path}", checkpoint=str(tmp_path / "wrong.pt")
             )
         )
+
+
+def test_reference_cache_reused_only_for_the_same_operator(tmp_path):
+    # n = 120: the exact reference is stored, reused (one HVP to check), refused elsewhere.
+    cache = tmp_path / "ref.npz"
+    cfg = cm.CompareConfig(k=5, reference_cache=str(cache))
+    op = hs.DenseOperator(study_like_matrix(120, seed=0).matrix)
+    first = cm.reference_spectrum(op, cfg)
+    assert cache.exists() and "cache" not in first and first["num_matvecs"] == 120
+    op2 = hs.DenseOperator(study_like_matrix(120, seed=0).matrix)
+    again = cm.reference_spectrum(op2, cfg)
+    assert again["cache"] == str(cache) and op2.num_matvecs == 1
+    np.testing.assert_array_equal(again["eigenvalues"], first["eigenvalues"])
+    assert again["trace"] == first["trace"]
+    other = hs.DenseOperator(study_like_matrix(120, seed=1).matrix)
+    with pytest.raises(ValueError, match="another operator"):
+        cm.reference_spectrum(other, cfg)
+
+
+def test_document_states_the_recorded_network_verdicts():
+    # docs/reproduction.md's network claims table says what the recorded run found.
+    root = Path(__file__).resolve().parents[2]
+    record = json.loads((root / "docs/figures/compare-methods-summary.json").read_text())
+    recorded = {c["key"]: c["holds"] for c in record["claims"]}
+    text = (root / "docs/reproduction.md").read_text()
+    start = text.index("<!-- claims:compare-methods -->")
+    body = text[start : text.index("<!-- /claims:compare-methods -->")]
+    stated = {
+        key: verdict == "holds"
+        for key, verdict in re.findall(
+            r"^\|\s*`([a-z_]+)`\s*\|.*\|\s*\*\*(holds|does not hold)\*\*\s*\|\s*$", body, flags=re.M
+        )
+    }
+    assert stated == recorded
+    # and the run behind it is the documented one: digits CNN, seed 0, exact reference
+    assert record["config"]["seed"] == 0 and record["reference"]["kind"] == "exact"
+    assert record["problem"]["model"] == "digits_cnn" and record["n"] == 2650
