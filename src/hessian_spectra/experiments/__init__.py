@@ -29,7 +29,7 @@ def _run(name: str) -> Any:
             from hessian_spectra.experiments import compare_methods as mod  # type: ignore[no-redef]
         try:
             return int(mod.main(args))
-        except (ValueError, FileNotFoundError, TypeError) as exc:
+        except (ValueError, FileNotFoundError) as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
 
