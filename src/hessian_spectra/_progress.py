@@ -51,3 +51,20 @@ def progress_bar(
         yield bar
     finally:
         bar.close()
+
+
+@contextmanager
+def outer_progress(total: int | None, desc: str, unit: str) -> Iterator[Any]:
+    """One bar for a long loop of many small computations, whose own bars stay hidden.
+
+    Shown when progress is on (forced by the CLI or by `set_progress`);
+    the computations inside run with progress forced off.
+    """
+    global _ENABLED
+    saved = _ENABLED
+    with progress_bar(total, desc, enabled=bool(saved), unit=unit) as bar:
+        _ENABLED = False
+        try:
+            yield bar
+        finally:
+            _ENABLED = saved

@@ -833,7 +833,13 @@ def main(args: argparse.Namespace) -> int:
         result = load_run(args.replot)
         out = Path(args.out or args.replot)
     else:
-        result = run(config_from_args(args))
+        from hessian_spectra._progress import outer_progress
+
+        config = config_from_args(args)
+        total = len(config.zero_fractions) * config.num_matrices
+        # one bar over the matrices rather than one per sketch
+        with outer_progress(total, "sketch-synthetic", unit="matrix") as bar:
+            result = run(config, on_matrix=lambda done, _total: bar.update(done - bar.n))
         out = Path(args.out or "out/sketch-synthetic")
     record = write_outputs(result, out, plots=not args.no_plots)
     sys.stdout.write(report(record))
