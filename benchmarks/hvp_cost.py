@@ -22,7 +22,11 @@ uses 2 threads. The JSON records the load average before and after, and the
 process CPU time of each call beside its wall time (CPU time is less
 sensitive to other jobs on a shared machine).
 
-Run: ``python benchmarks/hvp_cost.py [--repeats 5] [--quick]``.
+Run: ``python benchmarks/hvp_cost.py [--repeats 5] [--threads 2] [--quick]``.
+With 2 threads on a 2-core machine that other jobs share, OpenMP threads
+wait for each other and the timings measure the contention more than the
+work; ``--threads 1`` (written to ``hvp_cost_threads1.json``) is the
+steadier comparison there.
 """
 
 from __future__ import annotations
@@ -165,9 +169,9 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_child(name: str) -> None:
+def memory_child(name: str, threads: int) -> None:
     """In a fresh process: build the problem, then measure one call's RSS growth."""
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     variants, _ = make_variants()
     _, call = variants[name]
     import gc
@@ -185,11 +189,12 @@ def memory_child(name: str) -> None:
     print(json.dumps({"rss_before_kib": before, "peak_kib": peak, "hwm_reset": reset}))
 
 
-def measure_memory(names: list[str]) -> dict[str, Any]:
+def measure_memory(names: list[str], threads: int) -> dict[str, Any]:
     out = {}
     for name in names:
+        script = str(Path(__file__).resolve())
         proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--memory-child", name],
+            [sys.executable, script, "--memory-child", name, "--threads", str(threads)],
             capture_output=True,
             text=True,
             check=False,
@@ -207,18 +212,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 repeats, no memory runs")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help="torch threads (default 2; 1 is far less sensitive to other jobs on the machine)",
+    )
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        memory_child(args.memory_child)
+        memory_child(args.memory_child, args.threads)
         return 0
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     repeats = 2 if args.quick else args.repeats
     load_before = machine()["load_average_1_5_15min"]
     t0 = time.perf_counter()
     timing, facts = time_variants(repeats)
     names = list(timing)
-    memory = {} if args.quick else measure_memory(names)
+    memory = {} if args.quick else measure_memory(names, args.threads)
     for name, rec in memory.items():
         if "growth_mib" in rec:
             timing[name]["peak_mib_per_column"] = rec["growth_mib"] / timing[name]["columns"]
@@ -237,7 +248,7 @@ def main() -> int:
         "problem": "resnet20(seed=0).eval(), float32, one batch of 128 random CIFAR-shaped "
         "inputs (seed 0), CrossEntropyLoss",
         "repeats": repeats,
-        "torch_threads": THREADS,
+        "torch_threads": args.threads,
         "load_average_before": load_before,
         "seconds_total": time.perf_counter() - t0,
         "memory_method": "fresh process per variant: VmHWM after one call minus VmRSS before "
@@ -254,7 +265,8 @@ def main() -> int:
         },
         "memory": memory,
     }
-    path = write_json("hvp_cost" + ("_quick" if args.quick else ""), payload)
+    name = "hvp_cost" + ("" if args.threads == THREADS else f"_threads{args.threads}")
+    path = write_json(name + ("_quick" if args.quick else ""), payload)
     print(f"wrote {path}")
     for name, r in ratios.items():
         print(f"{name:26s} {timing[name]['per_column_s']:.3f} s/column  ours/PyHessian {r:.2f}")
