@@ -415,6 +415,9 @@ def test_parameters_without_gradient_are_named(mlp):
     op = HessianOperator(model, CE, (mlp.x, mlp.y))
     with pytest.raises(ValueError, match=r"\['unused.weight', 'unused.bias'\].*params="):
         op.matvec(torch.ones(op.shape[0], dtype=torch.float64))
+    op = HessianOperator(model, CE, (mlp.x, mlp.y), hvp_mode="forward_over_reverse")
+    with pytest.raises(ValueError, match=r"\['unused.weight', 'unused.bias'\]"):
+        op.matvec(torch.ones(op.shape[0], dtype=torch.float64))
     # leaving them out works
     op = HessianOperator(model, CE, (mlp.x, mlp.y), params=r"^used\.")
     assert op.shape[0] == 18

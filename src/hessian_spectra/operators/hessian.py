@@ -265,6 +265,7 @@ class HessianOperator(LinearOperator):
         # samples (batch weights) of the last product: all ranks', and this rank's
         self.num_samples = 0.0
         self.local_num_samples = 0.0
+        self._gradients_checked = False  # forward_over_reverse: unused parameters checked
 
         names, tensors = self._select_params(params)
         dtypes = {p.dtype for p in tensors}
@@ -613,18 +614,7 @@ class HessianOperator(LinearOperator):
         """Per-parameter H_batch @ V for one batch by double backward; one graph for all columns."""
         with torch.enable_grad():
             loss, weight = self._loss(self.model, batch)
-            if not loss.requires_grad:
-                raise ValueError(
-                    "the loss does not depend on the selected parameters (it has no gradient "
-                    "graph); check that the model is used in the loss and not under no_grad"
-                )
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-            missing = [n for n, g in zip(self.param_names, grads, strict=True) if g is None]
-            if missing:
-                raise ValueError(
-                    f"parameters {missing} receive no gradient from the loss; leave them out "
-                    "with params=..., or freeze them with requires_grad_(False)"
-                )
+            grads = self._gradient(loss, create_graph=True)
             # gradients that are constant in the parameters have a zero Hessian block
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
             b = Vt[0].shape[0]
@@ -648,11 +638,34 @@ class HessianOperator(LinearOperator):
                 cols.append(torch.cat([h.reshape(-1) for h in hv if h is not None]))
         return torch.stack(cols, 1), weight
 
+    def _gradient(self, loss: torch.Tensor, create_graph: bool) -> list[torch.Tensor]:
+        """The loss's gradient; raises naming the parameters that receive none."""
+        if not loss.requires_grad:
+            raise ValueError(
+                "the loss does not depend on the selected parameters (it has no gradient "
+                "graph); check that the model is used in the loss and not under no_grad"
+            )
+        grads = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
+        missing = [n for n, g in zip(self.param_names, grads, strict=True) if g is None]
+        if missing:
+            raise ValueError(
+                f"parameters {missing} receive no gradient from the loss; leave them out "
+                "with params=..., or freeze them with requires_grad_(False)"
+            )
+        return [g for g in grads if g is not None]  # all of them, after the check
+
     def _batch_hvp_forward_over_reverse(
         self, batch: Any, Vt: list[torch.Tensor]
     ) -> tuple[Any, float]:
         """Per-parameter H_batch @ V for one batch by jvp of grad, vmapped over the columns."""
         from torch.func import functional_call, grad, jvp, vmap
+
+        if not self._gradients_checked:
+            # torch.func gives zeros where autograd gives None: check once, as the
+            # double-backward mode does on every batch
+            with torch.enable_grad():
+                self._gradient(self._loss(self.model, batch)[0], create_graph=False)
+            self._gradients_checked = True
 
         wrapper = _LossModule(self.model, self._loss)
         primals = {
