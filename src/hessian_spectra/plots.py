@@ -16,10 +16,17 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 
+from hessian_spectra.results import select
+
 if TYPE_CHECKING:
-    from hessian_spectra.analysis.landscape import LandscapeResult
-    from hessian_spectra.analysis.monitor import MonitorResult
-    from hessian_spectra.results import EigshResult, Result, SketchResult, TraceResult
+    from hessian_spectra.results import (
+        EigshResult,
+        LandscapeResult,
+        MonitorResult,
+        Result,
+        SketchResult,
+        TraceResult,
+    )
 
 #: the style every figure is drawn in
 STYLE: Any = {
@@ -109,19 +116,11 @@ def eig_history(result: EigshResult) -> tuple[np.ndarray, list[np.ndarray], list
         )
         if rr.shape != v.shape:
             rr = np.full(v.shape, np.nan)
-        order = _order(v, result.which)
+        order = select(v, result.which, v.size)
         mv.append(int(rec["matvecs"]))
         est.append(v[order])
         res.append(rr[order])
     return np.asarray(mv), est, res
-
-
-def _order(v: np.ndarray, which: str) -> np.ndarray:
-    if which == "SA":
-        return np.argsort(v)
-    if which == "LM":
-        return np.argsort(-np.abs(v))
-    return np.argsort(-v)
 
 
 def _method_name(result: Result) -> str:

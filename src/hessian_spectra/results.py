@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import importlib
 import json
 import math
 import platform
@@ -42,6 +41,88 @@ def provenance() -> dict[str, Any]:
         "platform": platform.platform(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# --------------------------------------------------------------------------- orders
+WHICH = ("LA", "SA", "LM", "BE")
+
+
+def priority(values: np.ndarray, which: str) -> np.ndarray:
+    """All indices of `values`, most wanted first under `which`.
+
+    "BE" alternates the largest and the smallest remaining value, so its first k
+    entries are the ceil(k/2) largest and the floor(k/2) smallest.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if which == "LA":
+        return np.argsort(-v, kind="stable")
+    if which == "SA":
+        return np.argsort(v, kind="stable")
+    if which == "LM":
+        return np.argsort(-np.abs(v), kind="stable")
+    asc = np.argsort(v, kind="stable")
+    out = np.empty(v.size, dtype=np.int64)
+    lo, hi = 0, v.size - 1
+    for pos in range(v.size):
+        if pos % 2 == 0:
+            out[pos] = asc[hi]
+            hi -= 1
+        else:
+            out[pos] = asc[lo]
+            lo += 1
+    return out
+
+
+def select(values: np.ndarray, which: str, k: int) -> np.ndarray:
+    """Indices of the k wanted values, in the result order of `which`.
+
+    "LA" descending, "SA" ascending, "LM" by descending magnitude, "BE" the
+    ceil(k/2) largest descending then the floor(k/2) smallest ascending.
+    """
+    order = priority(values, which)[:k]
+    if which != "BE":
+        return order
+    return np.concatenate([order[0::2], order[1::2]])
+
+
+def result_order(values: np.ndarray, which: str) -> np.ndarray:
+    """The permutation putting k already-wanted values in the result order of `which`."""
+    v = np.asarray(values, dtype=np.float64)
+    k = v.size
+    if which != "BE":
+        return select(v, which, k)
+    desc = np.argsort(-v, kind="stable")
+    top, bottom = desc[: math.ceil(k / 2)], desc[math.ceil(k / 2) :][::-1]
+    return np.concatenate([top, bottom])
+
+
+# --------------------------------------------------------------------------- plain JSON
+def to_jsonable(value: Any) -> Any:
+    """NumPy/torch scalars and arrays to plain JSON values (non-finite floats as strings)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return [to_jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write `data` as indented JSON (with the library's provenance added)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"provenance": provenance(), **to_jsonable(dict(data))}
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    return path
 
 
 def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
@@ -176,11 +257,6 @@ def load_result(path: str | Path) -> Result:
         type_name = data["type"]
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{path} is not a hessian-spectra result file: {exc}") from exc
-    module = data.get("module", "")
-    if type_name not in _REGISTRY and module.startswith("hessian_spectra."):
-        # result records defined above this layer (landscapes, monitors) register
-        # on import; only the library's own modules are ever imported from a file
-        importlib.import_module(module)
     if type_name not in _REGISTRY:
         raise ValueError(f"{path} holds an unknown result type {type_name!r}")
     rcls = _REGISTRY[type_name]
@@ -447,3 +523,66 @@ def _probe_stderr(rows: np.ndarray) -> np.ndarray:
     if p < 2:
         return np.full(rows.shape[1:], np.nan)
     return np.asarray(rows.std(axis=0, ddof=1) / np.sqrt(p))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LandscapeResult(Result):
+    """Loss values on a 1-D or 2-D grid through the parameters.
+
+    Attributes:
+        coordinates: one 1-D array of step sizes per direction (alpha, beta).
+        losses: (steps,) for one direction; (steps_a, steps_b) for two, with
+            ``losses[i, j]`` the loss at ``(coordinates[0][i], coordinates[1][j])``.
+        origin_loss: the loss at the unperturbed parameters.
+        kind: how the directions were made: "eigen", "random", "gradient" or "given".
+        direction_norms: the Euclidean norm of each direction.
+        curvatures: for "eigen" directions, the eigenvalues along them; else None.
+        slopes: the directional derivatives ``g . d_i`` at the origin, where computed.
+        num_evaluations: grid points times batches evaluated.
+        param_names: the parameters the directions move.
+    """
+
+    coordinates: Sequence[np.ndarray]
+    losses: np.ndarray
+    origin_loss: float
+    kind: str = "given"
+    direction_norms: Sequence[float] = ()
+    curvatures: np.ndarray | None = None
+    slopes: np.ndarray | None = None
+    num_evaluations: int = 0
+    param_names: Sequence[str] = ()
+
+    @property
+    def ndim(self) -> int:
+        """1 for a line, 2 for a plane."""
+        return len(self.coordinates)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitorResult(Result):
+    """The time series a `SpectrumMonitor` kept.
+
+    Attributes:
+        records: one dict per update: ``step``, ``eigenvalues``, ``residuals``,
+            ``converged``, ``eig_matvecs`` (HVPs of the eigensolver), ``warm``
+            (whether it was warm-started), ``cold_matvecs`` (HVPs of the cold
+            start it replaced, when measured), ``trace`` and ``trace_stderr``,
+            ``layer_traces`` (``{name: [estimate, stderr]}``, when asked for),
+            ``seconds``, and whatever values the training loop passed.
+        k: eigenvalues tracked.
+        hvps_saved: HVPs saved by warm starts against measured cold starts
+            (None when no cold start was measured).
+    """
+
+    records: Sequence[Mapping[str, Any]]
+    k: int
+    hvps_saved: int | None = None
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one recorded key, skipping updates that lack it."""
+        steps, vals = [], []
+        for r in self.records:
+            if r.get(key) is not None:
+                steps.append(r["step"])
+                vals.append(r[key])
+        return np.asarray(steps), np.asarray(vals, dtype=np.float64)

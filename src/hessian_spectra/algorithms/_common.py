@@ -24,7 +24,7 @@ def resolve_seed(seed: int | None, op: LinearOperator | None = None) -> tuple[in
     """
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])
-        if op is not None and getattr(op, "is_distributed", False):
+        if op is not None and op.is_distributed:
             from hessian_spectra._distributed import broadcast_from_main
 
             seed = int(broadcast_from_main(seed))  # type: ignore[call-overload]
@@ -150,7 +150,7 @@ class Recorder:
             "dtype": str(self.op.dtype),
             "device": str(self.op.device),
         }
-        if getattr(self.op, "is_distributed", False):
+        if self.op.is_distributed:
             from hessian_spectra._distributed import world_size
 
             out["operator"]["ranks"] = world_size()

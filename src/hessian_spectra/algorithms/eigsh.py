@@ -40,67 +40,17 @@ from hessian_spectra.checkpoint import (
     tensor_digest,
 )
 from hessian_spectra.operators.base import LinearOperator, as_operator
-from hessian_spectra.results import EigshResult
+from hessian_spectra.results import WHICH, EigshResult, priority, result_order, select
 
 Which = Literal["LA", "SA", "LM", "BE"]
 Method = Literal["lanczos", "block", "power", "rqi"]
 Stop = Literal["residual", "relative_change"]
 
-WHICH = ("LA", "SA", "LM", "BE")
 METHODS = ("lanczos", "block", "power", "rqi")
 STOPS = ("residual", "relative_change")
 
 
 # --------------------------------------------------------------------------- shared helpers
-def priority(values: np.ndarray, which: str) -> np.ndarray:
-    """All indices of `values`, most wanted first under `which`.
-
-    "BE" alternates the largest and the smallest remaining value, so its first k
-    entries are the ceil(k/2) largest and the floor(k/2) smallest.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if which == "LA":
-        return np.argsort(-v, kind="stable")
-    if which == "SA":
-        return np.argsort(v, kind="stable")
-    if which == "LM":
-        return np.argsort(-np.abs(v), kind="stable")
-    asc = np.argsort(v, kind="stable")
-    out = np.empty(v.size, dtype=np.int64)
-    lo, hi = 0, v.size - 1
-    for pos in range(v.size):
-        if pos % 2 == 0:
-            out[pos] = asc[hi]
-            hi -= 1
-        else:
-            out[pos] = asc[lo]
-            lo += 1
-    return out
-
-
-def select(values: np.ndarray, which: str, k: int) -> np.ndarray:
-    """Indices of the k wanted values, in the result order of `which`.
-
-    "LA" descending, "SA" ascending, "LM" by descending magnitude, "BE" the
-    ceil(k/2) largest descending then the floor(k/2) smallest ascending.
-    """
-    order = priority(values, which)[:k]
-    if which != "BE":
-        return order
-    return np.concatenate([order[0::2], order[1::2]])
-
-
-def result_order(values: np.ndarray, which: str) -> np.ndarray:
-    """The permutation putting k already-wanted values in the result order of `which`."""
-    v = np.asarray(values, dtype=np.float64)
-    k = v.size
-    if which != "BE":
-        return select(v, which, k)
-    desc = np.argsort(-v, kind="stable")
-    top, bottom = desc[: math.ceil(k / 2)], desc[math.ceil(k / 2) :][::-1]
-    return np.concatenate([top, bottom])
-
-
 TRUE_RESIDUAL_FLOOR = 10.0
 
 

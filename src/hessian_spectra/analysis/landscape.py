@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from hessian_spectra._progress import progress_bar
-from hessian_spectra.results import Result
+from hessian_spectra.results import LandscapeResult
 
 Directions = (
     str
@@ -44,39 +44,6 @@ Directions = (
     | Sequence[Mapping[str, torch.Tensor]]
 )
 ParamSpec = None | str | Sequence[str] | Sequence[nn.Module] | nn.Module
-
-
-@dataclass(frozen=True, kw_only=True)
-class LandscapeResult(Result):
-    """Loss values on a 1-D or 2-D grid through the parameters.
-
-    Attributes:
-        coordinates: one 1-D array of step sizes per direction (alpha, beta).
-        losses: (steps,) for one direction; (steps_a, steps_b) for two, with
-            ``losses[i, j]`` the loss at ``(coordinates[0][i], coordinates[1][j])``.
-        origin_loss: the loss at the unperturbed parameters.
-        kind: how the directions were made: "eigen", "random", "gradient" or "given".
-        direction_norms: the Euclidean norm of each direction.
-        curvatures: for "eigen" directions, the eigenvalues along them; else None.
-        slopes: the directional derivatives ``g . d_i`` at the origin, where computed.
-        num_evaluations: grid points times batches evaluated.
-        param_names: the parameters the directions move.
-    """
-
-    coordinates: Sequence[np.ndarray]
-    losses: np.ndarray
-    origin_loss: float
-    kind: str = "given"
-    direction_norms: Sequence[float] = ()
-    curvatures: np.ndarray | None = None
-    slopes: np.ndarray | None = None
-    num_evaluations: int = 0
-    param_names: Sequence[str] = ()
-
-    @property
-    def ndim(self) -> int:
-        """1 for a line, 2 for a plane."""
-        return len(self.coordinates)
 
 
 def select_parameters(model: nn.Module, params: ParamSpec = None) -> list[tuple[str, nn.Parameter]]:

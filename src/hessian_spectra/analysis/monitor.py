@@ -29,40 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hessian_spectra.results import Result
+from hessian_spectra.results import MonitorResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-
-@dataclass(frozen=True, kw_only=True)
-class MonitorResult(Result):
-    """The time series a `SpectrumMonitor` kept.
-
-    Attributes:
-        records: one dict per update: ``step``, ``eigenvalues``, ``residuals``,
-            ``converged``, ``eig_matvecs`` (HVPs of the eigensolver), ``warm``
-            (whether it was warm-started), ``cold_matvecs`` (HVPs of the cold
-            start it replaced, when measured), ``trace`` and ``trace_stderr``,
-            ``layer_traces`` (``{name: [estimate, stderr]}``, when asked for),
-            ``seconds``, and whatever values the training loop passed.
-        k: eigenvalues tracked.
-        hvps_saved: HVPs saved by warm starts against measured cold starts
-            (None when no cold start was measured).
-    """
-
-    records: Sequence[Mapping[str, Any]]
-    k: int
-    hvps_saved: int | None = None
-
-    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of one recorded key, skipping updates that lack it."""
-        steps, vals = [], []
-        for r in self.records:
-            if r.get(key) is not None:
-                steps.append(r["step"])
-                vals.append(r[key])
-        return np.asarray(steps), np.asarray(vals, dtype=np.float64)
 
 
 class SpectrumMonitor:

@@ -23,7 +23,11 @@ class LinearOperator:
         dtype: the dtype of vectors it accepts and returns.
         device: the device of vectors it accepts and returns.
         num_matvecs: columns multiplied so far (a block of b columns counts b).
+        is_distributed: whether each product is a reduction across the ranks of a
+            process group (every rank must then call it with the same vectors).
     """
+
+    is_distributed: bool = False
 
     def __init__(self, n: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
         if n < 1:
