@@ -16,7 +16,8 @@ import torch
 
 from hessian_spectra.algorithms.lanczos import LanczosProcess
 from hessian_spectra.checkpoint import load_checkpoint
-from hessian_spectra.cli import build_model, main
+from hessian_spectra.cli import main
+from hessian_spectra.problems import build_model
 from hessian_spectra.results import load_result
 
 
