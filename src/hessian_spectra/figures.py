@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import matplotlib as mpl
 from matplotlib.figure import Figure
+from PIL import Image  # a dependency of matplotlib
 
 from hessian_spectra.results import write_json
 
@@ -62,9 +63,18 @@ def styled(fn: F) -> F:
 
 def new_figure(width: float = 6.4, height: float = 4.2, **subplots: Any) -> tuple[Figure, Any]:
     """A constrained-layout figure and its axes (``fig.subplots(**subplots)``), no pyplot."""
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = empty_figure(width, height)
     axes = fig.subplots(**subplots) if subplots else fig.subplots()
     return fig, axes
+
+
+def empty_figure(width: float = 6.4, height: float = 4.2) -> Figure:
+    """A constrained-layout figure with no axes yet, no pyplot.
+
+    For axes of different kinds (a 3-D surface beside a contour plot): add them
+    with ``fig.add_subplot(..., projection="3d")``. Otherwise use `new_figure`.
+    """
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def save_figure(
@@ -102,8 +112,6 @@ def shrink_png(path: str | Path) -> None:
 
     Line plots use few colours, so the palette loses nothing visible.
     """
-    from PIL import Image  # Pillow comes with matplotlib
-
     with Image.open(path) as im:
         q = im.convert("RGB").quantize(
             colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
