@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matplotlib as mpl
 import numpy as np
 
+from hessian_spectra.figures import STYLE
 from hessian_spectra.results import provenance
 
 if TYPE_CHECKING:
@@ -327,10 +329,6 @@ def _png_bytes(figure: Any) -> bytes:
     elif isinstance(figure, (str, Path)):
         data = Path(figure).read_bytes()
     elif hasattr(figure, "savefig"):
-        import matplotlib as mpl
-
-        from hessian_spectra.plots import STYLE
-
         buf = io.BytesIO()
         with mpl.rc_context(STYLE):
             figure.savefig(buf, format="png", dpi=150)

@@ -20,19 +20,22 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
+from hessian_spectra.algorithms import eigsh
+from hessian_spectra.algorithms import trace as estimate_trace
+from hessian_spectra.analysis.layers import group_blocks
+from hessian_spectra.figures import save_figure
+from hessian_spectra.operators.hessian import HessianOperator
+from hessian_spectra.plots import plot_monitor
 from hessian_spectra.results import MonitorResult
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 
 class SpectrumMonitor:
@@ -128,9 +131,7 @@ class SpectrumMonitor:
             return None
         return self.update(step, **values)
 
-    def _operator(self, data: Any) -> Any:
-        from hessian_spectra.operators.hessian import HessianOperator
-
+    def _operator(self, data: Any) -> HessianOperator:
         if self.loss_fn is not None:
             return HessianOperator(self.model, data=data, loss_fn=self.loss_fn, params=self.params)
         return HessianOperator(self.model, self.criterion, data, params=self.params)
@@ -146,9 +147,6 @@ class SpectrumMonitor:
         Returns:
             The record (also appended to `records`).
         """
-        from hessian_spectra.algorithms.eigsh import eigsh
-        from hessian_spectra.algorithms.trace import trace as trace_fn
-
         data = self.data if data is None else data
         if data is None:
             raise ValueError("no data: give it to SpectrumMonitor(...) or to update(data=...)")
@@ -192,10 +190,8 @@ class SpectrumMonitor:
             if self.trace or self.layers:
                 blocks = None
                 if self.layers:
-                    from hessian_spectra.analysis.layers import group_blocks
-
                     blocks = group_blocks(op.blocks)  # one block per layer (module)
-                tr = trace_fn(
+                tr = estimate_trace(
                     op,
                     method="xtrace",
                     num_matvecs=self.trace_matvecs,
@@ -288,8 +284,6 @@ class SpectrumMonitor:
                 (e.g. for Adam or momentum, where 2/lr is not the threshold).
             x_label: what the steps count.
         """
-        from hessian_spectra.plots import plot_monitor, save_figure
-
         fig = plot_monitor(self.result(), lr_key=lr_key, x_label=x_label)
         if path is not None:
             save_figure(fig, path)
