@@ -11,9 +11,13 @@ import torch
 from matplotlib.figure import Figure
 
 from hessian_spectra import plots
-from hessian_spectra.analysis.landscape import LandscapeResult
-from hessian_spectra.analysis.monitor import MonitorResult
-from hessian_spectra.results import EigshResult, SketchResult, TraceResult
+from hessian_spectra.results import (
+    EigshResult,
+    LandscapeResult,
+    MonitorResult,
+    SketchResult,
+    TraceResult,
+)
 
 
 def fake_eigsh(k: int = 4, steps: int = 12, method: str = "lanczos", seed: int = 0) -> EigshResult:

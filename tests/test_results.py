@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -5,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from hessian_spectra.results import EigshResult, TraceResult, load_result
+import hessian_spectra as hs
+from hessian_spectra.results import (
+    EigshResult,
+    LandscapeResult,
+    MonitorResult,
+    TraceResult,
+    load_result,
+)
 
 
 def test_eigsh_result_round_trip_with_npz(tmp_path):
@@ -31,29 +39,51 @@ def test_eigsh_result_round_trip_with_npz(tmp_path):
         TraceResult.from_json(p)
 
 
-def test_records_defined_above_results_load_in_a_fresh_process(tmp_path):
-    # A landscape record registers only when its module is imported; load_result
-    # in a fresh process must import it from the file's own record of its module.
-    from hessian_spectra.analysis.landscape import LandscapeResult
-
-    r = LandscapeResult(
+def test_landscape_and_monitor_records_load_in_a_fresh_process(tmp_path):
+    # Every record lives in results.py, so a fresh process that imports only the
+    # records reads a landscape and a monitor, imports no analysis module to do
+    # it, and still reads files that name the module the record used to live in.
+    land = LandscapeResult(
         num_matvecs=0,
         seconds=0.1,
         coordinates=[np.linspace(-1, 1, 3)],
         losses=np.array([1.0, 0.5, 1.0]),
         origin_loss=0.5,
     )
-    p = r.to_json(tmp_path / "land.json")
+    mon = MonitorResult(
+        records=[{"step": 0, "eigenvalues": [3.0], "eig_matvecs": 7, "warm": False}],
+        k=1,
+        num_matvecs=7,
+        seconds=0.2,
+    )
+    p_land = land.to_json(tmp_path / "land.json")
+    p_mon = mon.to_json(tmp_path / "mon.json")
+    old = json.loads(p_land.read_text())
+    assert old["module"] == "hessian_spectra.results"
+    old["module"] = "hessian_spectra.analysis.landscape"  # as earlier versions wrote it
+    p_old = tmp_path / "old_land.json"
+    p_old.write_text(json.dumps(old))
     code = (
         "import sys\n"
         "from hessian_spectra.results import load_result\n"
-        f"r = load_result({str(p)!r})\n"
-        "print(type(r).__name__, r.losses.tolist())\n"
+        f"a = load_result({str(p_land)!r})\n"
+        f"b = load_result({str(p_mon)!r})\n"
+        f"c = load_result({str(p_old)!r})\n"
+        "print(type(a).__name__, type(b).__name__, type(c).__name__)\n"
+        "print(a.losses.tolist(), b.records[0]['eigenvalues'], c.losses.tolist())\n"
+        "print(sorted(m for m in sys.modules if m.startswith('hessian_spectra.')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split()[0] == "LandscapeResult"
-    assert "[1.0, 0.5, 1.0]" in out.stdout
+    names, values, modules = out.stdout.splitlines()
+    assert names.split() == ["LandscapeResult", "MonitorResult", "LandscapeResult"]
+    assert values == "[1.0, 0.5, 1.0] [3.0] [1.0, 0.5, 1.0]"
+    assert "analysis" not in modules and "plots" not in modules, modules
     q = tmp_path / "bad.json"
     q.write_text('{"type": "Nope", "module": "os"}')
     with pytest.raises(ValueError, match="unknown result type"):
         load_result(q)
+
+
+def test_landscape_and_monitor_records_are_exported():
+    assert hs.LandscapeResult is LandscapeResult and hs.MonitorResult is MonitorResult
+    assert {"LandscapeResult", "MonitorResult"} <= set(hs.__all__)

@@ -43,6 +43,8 @@ _EXPORTS: dict[str, str] = {
     "TraceResult": "hessian_spectra.results",
     "DensityResult": "hessian_spectra.results",
     "SketchResult": "hessian_spectra.results",
+    "LandscapeResult": "hessian_spectra.results",
+    "MonitorResult": "hessian_spectra.results",
     "load_result": "hessian_spectra.results",
     # progress
     "set_progress": "hessian_spectra._progress",

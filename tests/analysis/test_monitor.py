@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from hessian_spectra.analysis.monitor import MonitorResult, SpectrumMonitor
-from hessian_spectra.results import load_result
+from hessian_spectra.analysis.monitor import SpectrumMonitor
+from hessian_spectra.results import MonitorResult, load_result
 
 
 def _problem(seed: int = 0):
