@@ -25,15 +25,14 @@ import argparse
 import time
 from pathlib import Path
 
-import matplotlib as mpl
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 
 import hessian_spectra as hs
 from hessian_spectra.data import digits
+from hessian_spectra.figures import new_figure, save_figure, styled
 from hessian_spectra.models import digits_cnn
-from hessian_spectra.plots import STYLE, save_figure
 
 
 def half_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -73,34 +72,33 @@ def run(
     return monitor, losses
 
 
+@styled
 def figure(
     monitors: dict[float, hs.SpectrumMonitor], losses: dict[float, list[float]], title: str
 ) -> Figure:
     """Sharpness against 2/lr (top) and the training loss (bottom), one colour per lr."""
-    with mpl.rc_context(STYLE):
-        fig = Figure(figsize=(7.5, 6.0), layout="constrained")
-        ax1, ax2 = fig.subplots(2, 1, sharex=True)
-        for j, (lr, mon) in enumerate(monitors.items()):
-            steps = [r["step"] for r in mon.records]
-            ax1.plot(
-                steps,
-                [r["eigenvalues"][0] for r in mon.records],
-                color=f"C{j}",
-                marker="o",
-                ms=2.5,
-                label=f"λ1, learning rate {lr:g}",
-            )
-            ax1.axhline(2.0 / lr, color=f"C{j}", ls="--", lw=1.0, label=f"2 / {lr:g}")
-            ax2.plot(losses[lr], color=f"C{j}", lw=1.0, label=f"lr {lr:g}")
-        ax1.set_ylabel("top Hessian eigenvalue λ1 (sharpness)")
-        ax1.set_title("Sharpness rises to 2 / learning rate and hovers there")
-        ax1.legend(frameon=False, fontsize=8, ncol=2)
-        ax2.set_yscale("log")
-        ax2.set_xlabel("gradient descent step")
-        ax2.set_ylabel("training loss (½ squared error)")
-        ax2.set_title("Training loss: still falls, not monotonically")
-        ax2.legend(frameon=False, fontsize=8)
-        fig.suptitle(title)
+    fig, (ax1, ax2) = new_figure(7.5, 6.0, nrows=2, sharex=True)
+    for j, (lr, mon) in enumerate(monitors.items()):
+        steps = [r["step"] for r in mon.records]
+        ax1.plot(
+            steps,
+            [r["eigenvalues"][0] for r in mon.records],
+            color=f"C{j}",
+            marker="o",
+            ms=2.5,
+            label=f"λ1, learning rate {lr:g}",
+        )
+        ax1.axhline(2.0 / lr, color=f"C{j}", ls="--", lw=1.0, label=f"2 / {lr:g}")
+        ax2.plot(losses[lr], color=f"C{j}", lw=1.0, label=f"lr {lr:g}")
+    ax1.set_ylabel("top Hessian eigenvalue λ1 (sharpness)")
+    ax1.set_title("Sharpness rises to 2 / learning rate and hovers there")
+    ax1.legend(frameon=False, fontsize=8, ncol=2)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("gradient descent step")
+    ax2.set_ylabel("training loss (½ squared error)")
+    ax2.set_title("Training loss: still falls, not monotonically")
+    ax2.legend(frameon=False, fontsize=8)
+    fig.suptitle(title)
     return fig
 
 
