@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from hessian_spectra.data import cifar10, digits
-from hessian_spectra.models import digits_cnn, resnet20
+from hessian_spectra.models import digits_cnn, resnet20, train_digits_cnn
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -57,15 +57,24 @@ class ProblemError(ValueError):
 # =============================================================================== models
 @dataclass(frozen=True)
 class BuiltinModel:
-    """A reference model: how to build it from a seed, what it is, the data it is made for."""
+    """A reference model: how to build it from a seed, what it is, the data it is made for.
+
+    `train`, where given, trains the model here in seconds: ``train(seed, steps)``
+    returns it trained (in eval mode) on its default data.
+    """
 
     build: Callable[[int], nn.Module]
     about: str
     data: str  # "digits" or "cifar10"
+    train: Callable[[int, int], nn.Module] | None = None
 
 
 def _digits_cnn(seed: int) -> nn.Module:
     return digits_cnn(seed=seed)
+
+
+def _train_digits_cnn(seed: int, steps: int) -> nn.Module:
+    return train_digits_cnn(seed=seed, steps=steps)
 
 
 def _resnet(seed: int, **kw: Any) -> nn.Module:
@@ -73,7 +82,9 @@ def _resnet(seed: int, **kw: Any) -> nn.Module:
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    "digits-cnn": BuiltinModel(_digits_cnn, "small CNN on 8x8 digits, 2,650 parameters", "digits"),
+    "digits-cnn": BuiltinModel(
+        _digits_cnn, "small CNN on 8x8 digits, 2,650 parameters", "digits", _train_digits_cnn
+    ),
     "resnet20": BuiltinModel(_resnet, "the study's CIFAR ResNet20, 272,474 parameters", "cifar10"),
     "resnet20-no-bn": BuiltinModel(
         lambda s: _resnet(s, batch_norm=False), "ResNet20 without BatchNorm", "cifar10"

@@ -1,0 +1,198 @@
+"""The analysis commands: each turns its parsed options into explicit records and runs.
+
+This is the one place that reads an `argparse.Namespace`; everything below it
+(`setup`, `analyses`, `output`) takes typed arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from hessian_spectra.cli.analyses import (
+    ANALYSES,
+    DensityOptions,
+    EigsOptions,
+    LandscapeOptions,
+    Options,
+    SketchOptions,
+    TraceOptions,
+    parse_what,
+    reference_eigs,
+    run_analyses,
+    run_density,
+    run_eigs,
+    run_landscape,
+    run_layers,
+    run_sketch,
+    run_trace,
+)
+from hessian_spectra.cli.output import Outcome, finish, say, write_report
+from hessian_spectra.cli.setup import Inputs, Resume, build_setup
+
+
+# =============================================================================== options
+def inputs_of(args: argparse.Namespace) -> Inputs:
+    """The model-and-data options of a command that has them all."""
+    return Inputs(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        loss=args.loss,
+        device=args.device,
+        dtype=args.dtype,
+        params=args.params,
+        seed=args.seed,
+        out=args.out,
+    )
+
+
+def resume_of(args: argparse.Namespace) -> Resume:
+    return Resume(save_every=args.save_every, resume=args.resume)
+
+
+def eigs_of(args: argparse.Namespace, *, full: bool) -> EigsOptions:
+    """``--k``, ``--tol``, ``--compare-power``; with `full` also the eigs command's options."""
+    if not full:
+        return EigsOptions(k=args.k, tol=args.tol, compare_power=args.compare_power)
+    return EigsOptions(
+        k=args.k,
+        tol=args.tol,
+        which=args.which,
+        method=args.method,
+        block_size=args.block_size,
+        max_matvecs=args.max_matvecs,
+        verify=args.verify,
+        compare_power=args.compare_power,
+    )
+
+
+def trace_of(args: argparse.Namespace, *, rtol: float | None = None) -> TraceOptions:
+    return TraceOptions(method=args.trace_method, num_matvecs=args.num_matvecs, rtol=rtol)
+
+
+def density_of(args: argparse.Namespace) -> DensityOptions:
+    return DensityOptions(num_steps=args.num_steps, num_probes=args.num_probes)
+
+
+def sketch_of(args: argparse.Namespace, *, kind: str | None = None) -> SketchOptions:
+    return SketchOptions(
+        size=args.size,
+        kind=kind or args.kind,
+        power_steps=0 if kind else args.power_steps,
+        k=args.k,
+    )
+
+
+# =============================================================================== commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the digits CNN, run every analysis, write report.html."""
+    t0 = time.perf_counter()
+    inputs = Inputs(samples=args.samples, dtype=args.dtype, seed=args.seed, out=args.out)
+    s = build_setup(inputs, command="demo", k=args.k, train_steps=args.train_steps)
+    opts = Options(
+        eigs=EigsOptions(k=args.k, tol=args.tol, compare_power=True),
+        trace=TraceOptions(num_matvecs=args.num_matvecs),
+        density=density_of(args),
+        sketch=sketch_of(args, kind="all"),
+        landscape=LandscapeOptions(steps=args.steps),
+    )
+    out = run_analyses(s, ANALYSES, opts, Outcome(s.out))
+    training = (s.train_note, s.train_seconds) if s.train_seconds else None
+    path = write_report(
+        out,
+        title="Hessian spectrum of the digits CNN",
+        subtitle="hessian-spectra demo: a 2,650-parameter CNN trained on scikit-learn's digits, "
+        f"analysed on {s.data.num_samples:,} samples with Hessian-vector products only.",
+        settings=s.settings,
+        training=training,
+    )
+    finish(out, t0)
+    say(f"Open the report: {path.resolve()}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Run the chosen analyses on the user's model and data, write report.html."""
+    t0 = time.perf_counter()
+    what = parse_what(args.what)
+    s = build_setup(inputs_of(args), command="analyze", k=args.k, train_steps=args.train_steps)
+    opts = Options(
+        eigs=eigs_of(args, full=False),
+        trace=trace_of(args),
+        density=density_of(args),
+        sketch=sketch_of(args),
+        landscape=LandscapeOptions(span=args.span, steps=args.steps),
+        resume=resume_of(args),
+    )
+    out = run_analyses(s, what, opts, Outcome(s.out))
+    training = (s.train_note, s.train_seconds) if s.train_seconds else None
+    path = write_report(
+        out,
+        title=f"Hessian spectrum of {s.model_name}",
+        subtitle=f"{s.data.description}; {s.num_params:,} parameters analysed; analyses: "
+        + ", ".join(what),
+        settings=s.settings,
+        training=training,
+    )
+    finish(out, t0)
+    say(f"Open the report: {path.resolve()}")
+    return 0
+
+
+def cmd_eigs(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    s = build_setup(inputs_of(args), command="eigs", k=args.k, train_steps=args.train_steps)
+    out = Outcome(s.out)
+    run_eigs(s, eigs_of(args, full=True), resume_of(args), out)
+    finish(out, t0)
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    s = build_setup(inputs_of(args), command="trace", train_steps=args.train_steps)
+    out = Outcome(s.out)
+    if args.layers:
+        run_layers(s, trace_of(args), out)
+    else:
+        run_trace(s, trace_of(args, rtol=args.rtol), resume_of(args), out)
+    finish(out, t0)
+    return 0
+
+
+def cmd_density(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    s = build_setup(inputs_of(args), command="density", train_steps=args.train_steps)
+    out = Outcome(s.out)
+    run_density(s, density_of(args), resume_of(args), out, None)
+    finish(out, t0)
+    return 0
+
+
+def cmd_sketch(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    s = build_setup(inputs_of(args), command="sketch", k=args.k, train_steps=args.train_steps)
+    out = Outcome(s.out)
+    top = reference_eigs(s, min(args.k, args.size), out) if args.compare else None
+    run_sketch(s, sketch_of(args), out, top)
+    finish(out, t0)
+    return 0
+
+
+def cmd_landscape(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    s = build_setup(inputs_of(args), command="landscape", train_steps=args.train_steps)
+    out = Outcome(s.out)
+    opts = LandscapeOptions(
+        directions=args.directions,
+        dims=args.dims,
+        span=args.span,
+        steps=args.steps,
+        curves=args.directions == "eigen",
+    )
+    run_landscape(s, opts, out, None)
+    finish(out, t0)
+    return 0

@@ -1,0 +1,250 @@
+"""Set-up shared by the analysis commands: device, output folder, model, data, loss.
+
+`build_setup` turns the model-and-data options (an `Inputs`) into a `Setup`:
+the model with its checkpoint loaded (or the digits CNN trained here), the
+batches, the loss, checked to fit together before any time is spent.
+`run_state` gives a resumable computation its state file in the output folder.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hessian_spectra._distributed import world_size
+from hessian_spectra.cli.errors import PROG, CLIError
+from hessian_spectra.cli.output import note
+from hessian_spectra.operators.hessian import HessianOperator
+from hessian_spectra.problems import (
+    BUILTIN_MODELS,
+    Data,
+    build_model,
+    canonical_model_name,
+    load_data,
+    load_state_dict,
+)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+LOSSES = ("cross-entropy", "mse")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The model-and-data options every analysis command reads."""
+
+    model: str = "digits-cnn"
+    checkpoint: str | None = None
+    data: str = "digits"
+    samples: int | None = None
+    batch_size: int | None = None
+    loss: str = "cross-entropy"
+    device: str = "cpu"
+    dtype: str = "float32"
+    params: str | None = None
+    seed: int = 0
+    out: str | None = None
+
+
+@dataclass
+class Setup:
+    """Everything a command needs: the model, its loss, the data, the output folder."""
+
+    model: nn.Module
+    model_name: str
+    criterion: nn.Module
+    data: Data
+    out: Path
+    seed: int
+    params: str | None
+    num_params: int
+    settings: dict[str, Any]
+    train_seconds: float = 0.0
+    train_note: str = ""
+
+
+def device(name: str) -> torch.device:
+    """The torch device `name` names, refused when it is not here."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise CLIError(f"--device {name!r} is not a device name (try cpu, cuda, cuda:1)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {name}: MPS is not available here; use --device cpu")
+    return dev
+
+
+def prepare_out(path: str) -> Path:
+    """Create the output folder; refuse a path that is a file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; give a folder to write the results into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
+    return out
+
+
+def selected_count(model: nn.Module, params: str | None) -> int:
+    """How many trainable parameters `params` (a regex, None for all) selects."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if params is None:
+        return sum(p.numel() for _, p in named)
+    try:
+        pattern = re.compile(params)
+    except re.error as exc:
+        raise CLIError(f"--params {params!r} is not a valid regex: {exc}") from exc
+    chosen = [p for n, p in named if pattern.search(n)]
+    if not chosen:
+        sample = ", ".join(n for n, _ in named[:6])
+        raise CLIError(f"--params {params!r} matches no parameter; names look like: {sample}")
+    return sum(p.numel() for p in chosen)
+
+
+def _check_k(k: int | None, num_params: int, params: str | None) -> None:
+    if k is None:
+        return
+    if k < 1:
+        raise CLIError(f"--k must be at least 1, got {k}")
+    if k >= num_params:
+        which = " matching --params" if params else ""
+        raise CLIError(
+            f"--k {k} is too large: the Hessian has {num_params} rows (parameters{which}); "
+            f"use --k below {num_params}"
+        )
+
+
+def build_setup(
+    inputs: Inputs, *, command: str, k: int | None = None, train_steps: int = 200
+) -> Setup:
+    """Build the model, load the checkpoint and data, check they fit together.
+
+    Args:
+        inputs: the model-and-data options.
+        command: the command's name (the default output folder, the settings).
+        k: eigenvalues the command computes, checked against the parameter count.
+        train_steps: full-batch Adam steps when the digits CNN is trained here
+            (no checkpoint).
+    """
+    seed = int(inputs.seed)
+    dev = device(inputs.device)
+    dtype = DTYPES[inputs.dtype]
+    out = prepare_out(inputs.out or f"{PROG}-{command}")
+    name = canonical_model_name(inputs.model)
+    builtin = BUILTIN_MODELS.get(name)
+    model = build_model(name, seed)
+    if inputs.checkpoint:
+        load_state_dict(model, inputs.checkpoint, name)
+    model = model.to(device=dev, dtype=dtype).eval()
+    data = load_data(
+        inputs.data, samples=inputs.samples, batch_size=inputs.batch_size, device=dev, dtype=dtype
+    )
+    criterion = {"cross-entropy": nn.CrossEntropyLoss(), "mse": nn.MSELoss()}[inputs.loss]
+    x, y = data.example
+    try:
+        with torch.no_grad():
+            loss = criterion(model(x), y)
+        if loss.ndim != 0:
+            raise ValueError(f"the loss has shape {tuple(loss.shape)}, not a scalar")
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CLIError(
+            f"model {name} does not fit data {inputs.data} (inputs of shape "
+            f"{tuple(x.shape[1:])}, targets {tuple(y.shape[1:]) or 'scalars'}) with the "
+            f"{inputs.loss} loss: {msg}"
+        ) from exc
+    num_params = selected_count(model, inputs.params)
+    _check_k(k, num_params, inputs.params)
+    # the input is valid: only now spend time on training
+    train_seconds, train_note = 0.0, ""
+    if inputs.checkpoint:
+        origin = f"checkpoint {inputs.checkpoint}"
+    elif builtin is not None and builtin.train is not None:
+        steps = int(train_steps)
+        note(f"no --checkpoint: training the digits CNN ({steps} full-batch Adam steps) ...")
+        t0 = time.perf_counter()
+        trained = builtin.train(seed, steps)
+        train_seconds = time.perf_counter() - t0
+        model.load_state_dict(trained.state_dict())
+        origin = f"trained here: {steps} full-batch Adam steps, lr 1e-2, seed {seed}"
+        train_note = origin
+    else:
+        origin = f"initialization with seed {seed} (no --checkpoint)"
+        note(f"no --checkpoint: analysing {name} at its initialization with seed {seed}")
+    settings = {
+        "command": command,
+        "model": name,
+        "model origin": origin,
+        "parameters analysed": num_params,
+        "params regex": inputs.params or "all trainable",
+        "data": data.description,
+        "samples": data.num_samples,
+        "batch size": inputs.batch_size or "one batch",
+        "loss": inputs.loss,
+        "device": str(dev),
+        "dtype": inputs.dtype,
+        "seed": seed,
+    }
+    return Setup(
+        model=model,
+        model_name=name,
+        criterion=criterion,
+        data=data,
+        out=out,
+        seed=seed,
+        params=inputs.params,
+        num_params=num_params,
+        settings=settings,
+        train_seconds=train_seconds,
+        train_note=train_note,
+    )
+
+
+def hessian(s: Setup) -> HessianOperator:
+    """The Hessian operator of the set-up's model, loss, data and parameters."""
+    data = s.data.batches
+    if world_size() > 1 and isinstance(data, list) and len(data) == 1:
+        data = data[0]  # one batch: each rank takes a slice of its samples
+    return HessianOperator(s.model, s.criterion, data, params=s.params)
+
+
+# =============================================================================== run state
+@dataclass(frozen=True)
+class Resume:
+    """How resumable computations save their state (``--save-every``, ``--resume``)."""
+
+    save_every: int = 0  # 0: save nothing
+    resume: bool = False
+
+
+# files of the runs that save their state, for the message on Ctrl-C
+SAVED_STATES: list[Path] = []
+
+
+def run_state(s: Setup, resume: Resume, name: str) -> dict[str, Any]:
+    """Checkpoint arguments of a resumable computation: its state file in the output folder."""
+    every = int(resume.save_every or 0)
+    if every <= 0:
+        if resume.resume:
+            raise CLIError("--resume needs the run's saved state: drop --save-every 0")
+        return {}
+    path = s.out / f"{name}.ckpt"
+    if path.exists() and not resume.resume:
+        raise CLIError(
+            f"{path} holds an interrupted {name} run: add --resume to continue it, or delete "
+            "the file to start afresh"
+        )
+    if resume.resume and path.exists():
+        note(f"resuming {name} from {path}")
+    SAVED_STATES.append(path)
+    return {"checkpoint": path, "checkpoint_every": every, "resume": resume.resume}
