@@ -290,6 +290,61 @@ def test_help_on_every_command(capsys):
     assert "package.module:factory" in main.__module__ or True
 
 
+SUB_COMMANDS = [
+    ["demo"],
+    ["analyze"],
+    ["eigs"],
+    ["trace"],
+    ["density"],
+    ["sketch"],
+    ["landscape"],
+    ["train"],
+    ["experiment"],
+    ["experiment", "sketch-synthetic"],
+    ["experiment", "compare-methods"],
+]
+
+
+@pytest.mark.parametrize("command", SUB_COMMANDS, ids=" ".join)
+def test_every_sub_command_has_help(command, capsys):
+    assert main([*command, "--help"]) == 0
+    assert f"hessian-spectra {' '.join(command)}" in capsys.readouterr().out
+
+
+def test_the_public_names():
+    import hessian_spectra as hs
+
+    expected = [
+        "__version__",
+        "LinearOperator",
+        "DenseOperator",
+        "ShiftedOperator",
+        "HessianOperator",
+        "lanczos",
+        "eigsh",
+        "refine",
+        "trace",
+        "density",
+        "sketch",
+        "layer_traces",
+        "loss_landscape",
+        "SpectrumMonitor",
+        "Result",
+        "EigshResult",
+        "TraceResult",
+        "DensityResult",
+        "SketchResult",
+        "LandscapeResult",
+        "MonitorResult",
+        "load_result",
+        "set_progress",
+    ]
+    assert len(hs.__all__) == len(set(hs.__all__))
+    assert sorted(hs.__all__) == sorted(expected)
+    for name in expected:
+        assert getattr(hs, name) is not None, name
+
+
 def test_python_dash_m_is_the_same_cli():
     proc = subprocess.run(
         [sys.executable, "-m", "hessian_spectra", "eigs", "--help"],
