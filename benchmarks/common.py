@@ -31,9 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hessian_spectra.data import digits
-from hessian_spectra.models import resnet20, train_digits_cnn
 from hessian_spectra.operators.hessian import HessianOperator
+from hessian_spectra.problems import BUILTIN_MODELS, build_model, load_data
 from hessian_spectra.results import provenance
 
 HERE = Path(__file__).resolve().parent
@@ -132,11 +131,17 @@ def digits_problem(
     Returns:
         (model in eval mode and `dtype`, criterion, (inputs, targets), operator).
     """
-    model = train_digits_cnn(seed=seed).to(dtype)
-    x, y = digits()
-    batch = (x.to(dtype), y)
+    model = _trained_digits_cnn(seed).to(dtype)
+    (batch,) = load_data("digits", dtype=dtype).batches
     criterion = nn.CrossEntropyLoss()
     return model, criterion, batch, HessianOperator(model, criterion, batch)
+
+
+def _trained_digits_cnn(seed: int) -> nn.Module:
+    """The digits CNN trained by the registry's recipe (200 full-batch Adam steps)."""
+    train = BUILTIN_MODELS["digits-cnn"].train
+    assert train is not None
+    return train(seed, 200)
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -181,7 +186,7 @@ def exact_digits_hessian(block: int = 128, seed: int = 0) -> np.ndarray:
 
 def exact_digits_spectrum(seed: int = 0) -> np.ndarray:
     """Eigenvalues (ascending, float64) of the dense digits Hessian; cached."""
-    model = train_digits_cnn(seed=seed)
+    model = _trained_digits_cnn(seed)
     path = CACHE / f"digits_spectrum_seed{seed}_{_fingerprint(model)}.npy"
     if path.exists():
         return np.load(path)
@@ -199,7 +204,7 @@ def resnet20_problem(
     Returns:
         (model, criterion, (inputs (batch, 3, 32, 32), targets (batch,)), operator).
     """
-    model = resnet20(seed=seed).eval().to(dtype)
+    model = build_model("resnet20", seed).eval().to(dtype)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, 3, 32, 32), generator=gen).to(dtype)
     y = torch.randint(0, 10, (batch,), generator=gen)
