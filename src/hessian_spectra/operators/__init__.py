@@ -1,13 +1,33 @@
-"""Linear operators: the contract every algorithm sees, and its implementations."""
+"""Linear operators: the contract every algorithm sees, and its implementations.
+
+- `base`: the `LinearOperator` contract, `DenseOperator`, `ShiftedOperator`.
+- `model`: model handling shared by every curvature operator and analysis
+  (`ModelLoss`, `select_parameters`, `ParameterSelection`, batch preparation
+  and weights, the train-mode check).
+- `hessian`: `HessianOperator`, the loss Hessian through Hessian-vector products.
+- `sharding`: each rank's share of the data; `determinism`: the fixed-matrix check.
+"""
 
 from hessian_spectra.operators.base import DenseOperator, LinearOperator, ShiftedOperator
+from hessian_spectra.operators.hessian import HessianOperator
+from hessian_spectra.operators.model import (
+    Criterion,
+    LossFn,
+    ModelLoss,
+    ParameterSelection,
+    ParamSpec,
+    select_parameters,
+)
 
-__all__ = ["DenseOperator", "LinearOperator", "ShiftedOperator", "HessianOperator"]
-
-
-def __getattr__(name: str) -> object:
-    if name == "HessianOperator":
-        from hessian_spectra.operators.hessian import HessianOperator
-
-        return HessianOperator
-    raise AttributeError(name)
+__all__ = [
+    "Criterion",
+    "DenseOperator",
+    "HessianOperator",
+    "LinearOperator",
+    "LossFn",
+    "ModelLoss",
+    "ParamSpec",
+    "ParameterSelection",
+    "ShiftedOperator",
+    "select_parameters",
+]
