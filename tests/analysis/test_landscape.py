@@ -7,13 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from hessian_spectra.analysis.landscape import (
-    LandscapeResult,
-    loss_landscape,
-    random_directions,
-    select_parameters,
-)
-from hessian_spectra.results import load_result
+from hessian_spectra.analysis.landscape import loss_landscape, random_directions
+from hessian_spectra.operators import select_parameters
+from hessian_spectra.results import LandscapeResult, load_result
 
 
 def _regression(seed: int = 0, n: int = 40, d: int = 5):
@@ -90,6 +86,110 @@ def test_batches_are_weighted_by_their_size():
     many = loss_landscape(model, nn.MSELoss(), batches, d, span=1.0, steps=5)
     np.testing.assert_allclose(many.losses, one.losses, rtol=1e-12)
     assert many.num_evaluations == 15
+
+
+def test_dict_batches_are_weighted_by_their_leading_dimension():
+    # loss_fn returns only the mean: a dict batch weighs its number of samples (the leading
+    # dimension its tensors share), so uneven dict batches give the full-data mean loss
+    model, x, y = _regression(seed=6, n=37)
+    d = torch.randn(6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def loss_fn(m, batch):
+        return nn.functional.mse_loss(m(batch["x"]), batch["y"])
+
+    one = loss_landscape(model, nn.MSELoss(), (x, y), d, span=1.0, steps=5)
+    batches = [{"x": x[:30], "y": y[:30]}, {"x": x[30:], "y": y[30:]}]  # 30 and 7 samples
+    many = loss_landscape(model, data=batches, directions=d, span=1.0, steps=5, loss_fn=loss_fn)
+    np.testing.assert_allclose(many.losses, one.losses, rtol=1e-12)
+    assert many.origin_loss == pytest.approx(one.origin_loss, rel=1e-12)
+    # a lone dict is one batch
+    lone = loss_landscape(
+        model, data={"x": x, "y": y}, directions=d, span=1.0, steps=5, loss_fn=loss_fn
+    )
+    np.testing.assert_allclose(lone.losses, one.losses, rtol=1e-12)
+
+
+def test_dict_batch_tensors_that_disagree_are_refused():
+    model, x, y = _regression(seed=6, n=12)
+    d = torch.ones(6, dtype=torch.float64)
+
+    def loss_fn(m, batch):
+        return nn.functional.mse_loss(m(batch["x"]), batch["y"][: len(batch["x"])])
+
+    batch = {"x": x[:6], "y": y}  # 6 against 12 samples: no weight rule applies
+    with pytest.raises(ValueError, match=r"disagree.*\(mean_loss, num_samples\)"):
+        loss_landscape(model, data=[batch], directions=d, steps=3, loss_fn=loss_fn)
+
+    def counted(m, batch):
+        return loss_fn(m, batch), 6
+
+    res = loss_landscape(model, data=[batch], directions=d, steps=3, loss_fn=counted)
+    assert res.losses.shape == (3,)
+
+
+def test_dict_batches_are_moved_to_the_parameters_dtype():
+    # a float64 model, float32 inputs in dict batches: the floating tensors are cast to the
+    # model's dtype (integer ones keep theirs), so the landscape is the one at the rounded inputs
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 4, generator=g)  # float32
+    y = torch.randint(0, 3, (20,), generator=g)
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append((batch["x"].dtype, batch["y"].dtype))
+        return nn.functional.cross_entropy(m(batch["x"]), batch["y"])
+
+    d = torch.randn(43, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    res = loss_landscape(
+        model,
+        data=[{"x": x[:12], "y": y[:12]}, {"x": x[12:], "y": y[12:]}],
+        directions=d,
+        span=0.5,
+        steps=3,
+        loss_fn=loss_fn,
+    )
+    assert set(seen) == {(torch.float64, torch.int64)}
+    ref = loss_landscape(model, nn.CrossEntropyLoss(), (x.double(), y), d, span=0.5, steps=3)
+    np.testing.assert_allclose(res.losses, ref.losses, rtol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_batches_are_moved_to_the_model_device():
+    model, x, y = _regression(seed=7)
+    d = torch.randn(6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ref = loss_landscape(model, nn.MSELoss(), (x, y), d, span=1.0, steps=5)
+    cuda = model.to("cuda")
+
+    def loss_fn(m, batch):
+        assert batch["x"].is_cuda and batch["y"].is_cuda
+        return nn.functional.mse_loss(m(batch["x"]), batch["y"])
+
+    res = loss_landscape(
+        cuda, data={"x": x, "y": y}, directions=d, span=1.0, steps=5, loss_fn=loss_fn
+    )
+    np.testing.assert_allclose(res.losses, ref.losses, rtol=1e-10)
+    crit = loss_landscape(
+        cuda, nn.MSELoss(), [(x[:20], y[:20]), (x[20:], y[20:])], d, span=1.0, steps=5
+    )
+    np.testing.assert_allclose(crit.losses, ref.losses, rtol=1e-10)
+
+
+def test_criterion_keyword_and_loss_alias():
+    model, x, y = _regression(seed=8)
+    d = torch.randn(6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    positional = loss_landscape(model, nn.MSELoss(), (x, y), d, span=1.0, steps=5)
+    by_name = loss_landscape(
+        model, criterion=nn.MSELoss(), data=(x, y), directions=d, span=1.0, steps=5
+    )
+    alias = loss_landscape(model, loss=nn.MSELoss(), data=(x, y), directions=d, span=1.0, steps=5)
+    np.testing.assert_array_equal(by_name.losses, positional.losses)
+    np.testing.assert_array_equal(alias.losses, positional.losses)
+    with pytest.raises(ValueError, match="not both"):
+        loss_landscape(model, nn.MSELoss(), (x, y), d, loss=nn.MSELoss())
+    with pytest.raises(ValueError, match="exactly one"):
+        loss_landscape(model, data=(x, y), directions=d)
 
 
 def test_parameters_and_buffers_restored_bit_for_bit():

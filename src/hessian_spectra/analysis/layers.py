@@ -10,15 +10,17 @@ of a single estimate rather than one per layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from hessian_spectra.algorithms.trace import Method, trace
-from hessian_spectra.operators.hessian import HessianOperator, LossFn, ParamSpec
+from hessian_spectra.algorithms import trace
+from hessian_spectra.operators import Criterion, HessianOperator, LossFn, ParamSpec
 from hessian_spectra.results import TraceResult
+
+TraceMethod = Literal["hutchinson", "hutch++", "xtrace"]  # the estimators `trace` offers
 
 
 def layer_of(param_name: str, depth: int | None = None) -> str:
@@ -60,10 +62,10 @@ def group_blocks(
 
 def layer_traces(
     model: nn.Module,
-    criterion: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+    criterion: Criterion | None = None,
     data: Any = None,
     *,
-    method: Method = "hutchinson",
+    method: TraceMethod = "hutchinson",
     num_matvecs: int | None = None,
     rtol: float | None = None,
     seed: int | None = None,
