@@ -151,18 +151,18 @@ def _select_by_regex(
         raise ValueError(f"params regex {regex!r} does not compile: {exc}") from exc
     matched = [(n, p) for n, p in named if pattern.search(n)]
     chosen = [(n, p) for n, p in matched if p.requires_grad]
-    if not chosen:
-        frozen = (
-            f" (it matches only frozen ones, {_shown([n for n, _ in matched])}: unfreeze them "
-            "with p.requires_grad_(True))"
-            if matched
-            else ""
-        )
+    if chosen:
+        return chosen
+    if matched:
         raise ValueError(
-            f"the regex {regex!r} matches no trainable parameter's name{frozen}; "
-            f"names look like {[n for n, _ in named[:4]]}"
+            f"the regex {regex!r} matches no parameter that requires grad, only frozen ones "
+            f"{_shown([n for n, _ in matched])}; unfreeze them with p.requires_grad_(True) "
+            "or choose other parameters"
         )
-    return chosen
+    raise ValueError(
+        f"the regex {regex!r} matches no parameter name; names look like "
+        f"{[n for n, _ in named[:4]]}"
+    )
 
 
 class ParameterSelection:
