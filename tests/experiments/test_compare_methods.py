@@ -13,6 +13,12 @@ import torch
 import hessian_spectra as hs
 from hessian_spectra.experiments import compare_methods as cm
 from hessian_spectra.experiments import main, register
+from hessian_spectra.experiments.compare_methods.figures import figure3, figure4
+from hessian_spectra.experiments.compare_methods.measures import (
+    pyhessian_trace_rule,
+    reference_spectrum,
+)
+from hessian_spectra.experiments.ghosts import lanczos_ghosts
 from hessian_spectra.experiments.synthetic import STUDY_TOP20, study_like_matrix
 from hessian_spectra.models import digits_cnn, resnet20
 
@@ -104,11 +110,9 @@ def test_claims_on_the_study_shaped_operator(dense_record):
 def test_figures_written_with_their_numbers(dense_record):
     record, m, cfg, out = dense_record
     op = hs.DenseOperator(m.matrix)
-    from hessian_spectra.experiments.ghosts import lanczos_ghosts
-
     plain = lanczos_ghosts(op, np.array(STUDY_TOP20), num_steps=45, reorth="none", seed=0)
-    p3 = cm.figure3(record, "test", out)
-    p4 = cm.figure4(plain, np.array(STUDY_TOP20), "test", out)
+    p3 = figure3(record, "test", out)
+    p4 = figure4(plain, np.array(STUDY_TOP20), "test", out)
     for p in (p3, p4):
         assert p.exists() and p.stat().st_size > 5000
     d3 = json.loads(p3.with_suffix(".json").read_text())
@@ -123,10 +127,10 @@ def test_figures_written_with_their_numbers(dense_record):
 def test_pyhessian_trace_rule_replay():
     # running means 10, 10.5, 10.5033...: the third differs by 0.03% < 0.1%: stop at 3
     s = np.array([10.0, 11.0, 10.51, 50.0])
-    r = cm.pyhessian_trace_rule(s)
+    r = pyhessian_trace_rule(s)
     assert r["stopped"] and r["probes"] == 3
     assert r["estimate"] == pytest.approx(np.mean(s[:3]))
-    assert not cm.pyhessian_trace_rule(np.array([1.0, 2.0, 4.0]))["stopped"]
+    assert not pyhessian_trace_rule(np.array([1.0, 2.0, 4.0]))["stopped"]
 
 
 def test_cli_small_digits_run(tmp_path):
@@ -217,16 +221,16 @@ def test_reference_cache_reused_only_for_the_same_operator(tmp_path):
     cache = tmp_path / "ref.npz"
     cfg = cm.CompareConfig(k=5, reference_cache=str(cache))
     op = hs.DenseOperator(study_like_matrix(120, seed=0).matrix)
-    first = cm.reference_spectrum(op, cfg)
+    first = reference_spectrum(op, cfg)
     assert cache.exists() and "cache" not in first and first["num_matvecs"] == 120
     op2 = hs.DenseOperator(study_like_matrix(120, seed=0).matrix)
-    again = cm.reference_spectrum(op2, cfg)
+    again = reference_spectrum(op2, cfg)
     assert again["cache"] == str(cache) and op2.num_matvecs == 1
     np.testing.assert_array_equal(again["eigenvalues"], first["eigenvalues"])
     assert again["trace"] == first["trace"]
     other = hs.DenseOperator(study_like_matrix(120, seed=1).matrix)
     with pytest.raises(ValueError, match="another operator"):
-        cm.reference_spectrum(other, cfg)
+        reference_spectrum(other, cfg)
 
 
 def test_document_states_the_recorded_network_verdicts():

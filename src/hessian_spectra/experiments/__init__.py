@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from hessian_spectra.experiments import compare_methods, sketch_synthetic
 
 __all__ = ["add_commands", "main", "register"]
 
 
-def _run(name: str) -> Any:
+def _run(entry: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`entry` as a command: input errors (bad values, missing files) become exit code 2."""
+
     def func(args: argparse.Namespace) -> int:
-        if name == "sketch-synthetic":
-            from hessian_spectra.experiments import sketch_synthetic as mod
-        else:
-            from hessian_spectra.experiments import compare_methods as mod  # type: ignore[no-redef]
         try:
-            return int(mod.main(args))
+            return int(entry(args))
         except (ValueError, FileNotFoundError) as exc:
             sys.stderr.write(f"error: {exc}\n")
             return 2
@@ -38,8 +38,6 @@ def _run(name: str) -> Any:
 
 def add_commands(subparsers: Any) -> None:
     """Add `sketch-synthetic` and `compare-methods` to an argparse subparsers object."""
-    from hessian_spectra.experiments import compare_methods, sketch_synthetic
-
     s = subparsers.add_parser(
         "sketch-synthetic",
         help="sketch errors on random PSD matrices (the study's Figures 7-18)",
@@ -47,7 +45,7 @@ def add_commands(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sketch_synthetic.add_arguments(s)
-    s.set_defaults(func=_run("sketch-synthetic"))
+    s.set_defaults(func=_run(sketch_synthetic.main))
     c = subparsers.add_parser(
         "compare-methods",
         help="power iteration vs Lanczos vs block Lanczos, sketches, trace, density "
@@ -56,7 +54,7 @@ def add_commands(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare_methods.add_arguments(c)
-    c.set_defaults(func=_run("compare-methods"))
+    c.set_defaults(func=_run(compare_methods.main))
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

@@ -1,10 +1,12 @@
-"""Output plumbing shared by the experiments: seeds, CSV, JSON, figures, machine load."""
+"""Plumbing shared by the experiments: claims, seeds, CSV, markdown tables, machine load.
+
+JSON goes through `hessian_spectra.results.write_json` and figures through
+`hessian_spectra.figures`; this module holds only what the experiments alone need.
+"""
 
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,9 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from hessian_spectra.figures import new_figure, save_figure, shrink_png
-from hessian_spectra.results import provenance, to_jsonable, write_json
 
 
 @dataclass(frozen=True)
@@ -95,3 +94,9 @@ def markdown_table(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(str(x) for x in r) + " |")
     return "\n".join(lines) + "\n"
+
+
+#: Resolution of the experiments' figures; they are saved with a 256-colour
+#: palette (`save_figure(..., dpi=FIGURE_DPI, palette=True)`) to stay small
+#: enough to keep in docs/figures.
+FIGURE_DPI = 80
