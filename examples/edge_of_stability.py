@@ -33,6 +33,7 @@ import hessian_spectra as hs
 from hessian_spectra.data import digits
 from hessian_spectra.figures import new_figure, save_figure, styled
 from hessian_spectra.models import digits_cnn
+from hessian_spectra.results import MonitorKeys
 
 
 def half_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -79,10 +80,10 @@ def figure(
     """Sharpness against 2/lr (top) and the training loss (bottom), one colour per lr."""
     fig, (ax1, ax2) = new_figure(7.5, 6.0, nrows=2, sharex=True)
     for j, (lr, mon) in enumerate(monitors.items()):
-        steps = [r["step"] for r in mon.records]
+        steps = [r[MonitorKeys.STEP] for r in mon.records]
         ax1.plot(
             steps,
-            [r["eigenvalues"][0] for r in mon.records],
+            [r[MonitorKeys.EIGENVALUES][0] for r in mon.records],
             color=f"C{j}",
             marker="o",
             ms=2.5,
@@ -123,7 +124,7 @@ def main() -> None:
         mon, losses[lr] = run(lr, args.steps, args.every, x, targets, args)
         monitors[lr] = mon
         mon.to_json(args.out / f"monitor_lr{lr:g}.json")
-        tail = [r["eigenvalues"][0] for r in mon.records[len(mon.records) // 2 :]]
+        tail = [r[MonitorKeys.EIGENVALUES][0] for r in mon.records[len(mon.records) // 2 :]]
         saved = mon.hvps_saved
         print(  # noqa: T201
             f"lr {lr:g}: 2/lr = {2 / lr:.4g}, sharpness over the second half "

@@ -11,6 +11,8 @@ import torch
 from matplotlib.figure import Figure
 
 from hessian_spectra import plots
+from hessian_spectra.algorithms import density
+from hessian_spectra.operators import DenseOperator
 from hessian_spectra.results import (
     EigshResult,
     LandscapeResult,
@@ -130,9 +132,6 @@ def test_method_comparison_shows_costs(tmp_path):
 
 def test_density_log_scale_and_cumulative(tmp_path):
     # 200 eigenvalues: 190 zeros and 10 outliers, through the real SLQ result record
-    from hessian_spectra.algorithms.density import density
-    from hessian_spectra.operators.base import DenseOperator
-
     lam = np.r_[np.zeros(190), np.linspace(1.0, 10.0, 10)]
     den = density(DenseOperator(np.diag(lam)), num_steps=30, num_probes=2, seed=0)
     fig = plots.plot_density(den, eigenvalues=lam[-3:][::-1])

@@ -18,7 +18,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import torch
@@ -558,17 +558,55 @@ class LandscapeResult(Result):
         return len(self.coordinates)
 
 
+class MonitorKeys:
+    """The keys of a `MonitorResult` record (one dict per update), as `SpectrumMonitor` writes them.
+
+    The strings are part of the JSON format: never change one, add a new name instead.
+    A record also holds whatever values the training loop passed (e.g. ``lr``).
+    """
+
+    #: the training step or epoch of the update
+    STEP: Final = "step"
+    #: the top-k eigenvalues, descending
+    EIGENVALUES: Final = "eigenvalues"
+    #: their residual norms ||H v - theta v||
+    RESIDUALS: Final = "residuals"
+    #: whether each pair met the tolerance
+    CONVERGED: Final = "converged"
+    #: HVPs of the eigensolver
+    EIG_MATVECS: Final = "eig_matvecs"
+    #: whether the eigensolver was warm-started from the previous eigenvectors
+    WARM: Final = "warm"
+    #: HVPs of the cold start the update replaced (None when not measured)
+    COLD_MATVECS: Final = "cold_matvecs"
+    #: the cold start's eigenvalues (with ``compare_cold``)
+    COLD_EIGENVALUES: Final = "cold_eigenvalues"
+    #: the trace estimate (with ``trace``)
+    TRACE: Final = "trace"
+    #: its standard error
+    TRACE_STDERR: Final = "trace_stderr"
+    #: HVPs of the trace estimator
+    TRACE_MATVECS: Final = "trace_matvecs"
+    #: per-layer traces ``{name: [estimate, stderr]}`` (with ``layers``)
+    LAYER_TRACES: Final = "layer_traces"
+    #: wall seconds of the update
+    SECONDS: Final = "seconds"
+    #: wall seconds since the monitor was made
+    WALL: Final = "wall"
+
+
 @dataclass(frozen=True, kw_only=True)
 class MonitorResult(Result):
     """The time series a `SpectrumMonitor` kept.
 
     Attributes:
-        records: one dict per update: ``step``, ``eigenvalues``, ``residuals``,
-            ``converged``, ``eig_matvecs`` (HVPs of the eigensolver), ``warm``
-            (whether it was warm-started), ``cold_matvecs`` (HVPs of the cold
-            start it replaced, when measured), ``trace`` and ``trace_stderr``,
-            ``layer_traces`` (``{name: [estimate, stderr]}``, when asked for),
-            ``seconds``, and whatever values the training loop passed.
+        records: one dict per update, with the keys named in `MonitorKeys`:
+            ``step``, ``eigenvalues``, ``residuals``, ``converged``,
+            ``eig_matvecs`` (HVPs of the eigensolver), ``warm`` (whether it was
+            warm-started), ``cold_matvecs`` (HVPs of the cold start it replaced,
+            when measured), ``trace`` and ``trace_stderr``, ``layer_traces``
+            (``{name: [estimate, stderr]}``, when asked for), ``seconds``, and
+            whatever values the training loop passed.
         k: eigenvalues tracked.
         hvps_saved: HVPs saved by warm starts against measured cold starts
             (None when no cold start was measured).
@@ -583,6 +621,6 @@ class MonitorResult(Result):
         steps, vals = [], []
         for r in self.records:
             if r.get(key) is not None:
-                steps.append(r["step"])
+                steps.append(r[MonitorKeys.STEP])
                 vals.append(r[key])
         return np.asarray(steps), np.asarray(vals, dtype=np.float64)

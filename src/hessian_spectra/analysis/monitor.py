@@ -35,6 +35,7 @@ from hessian_spectra.analysis.layers import group_blocks
 from hessian_spectra.figures import save_figure
 from hessian_spectra.operators.hessian import HessianOperator
 from hessian_spectra.plots import plot_monitor
+from hessian_spectra.results import MonitorKeys as Key
 from hessian_spectra.results import MonitorResult
 
 
@@ -172,20 +173,20 @@ class SpectrumMonitor:
                 kwargs["max_matvecs"] = self.max_matvecs
             res = eigsh(op, self.k, v0=v0, **kwargs)
             record: dict[str, Any] = {
-                "step": int(step),
-                "eigenvalues": [float(x) for x in res.eigenvalues],
-                "residuals": [float(x) for x in res.residuals],
-                "converged": [bool(x) for x in res.converged],
-                "eig_matvecs": int(res.num_matvecs),
-                "warm": v0 is not None,
-                "cold_matvecs": None,
+                Key.STEP: int(step),
+                Key.EIGENVALUES: [float(x) for x in res.eigenvalues],
+                Key.RESIDUALS: [float(x) for x in res.residuals],
+                Key.CONVERGED: [bool(x) for x in res.converged],
+                Key.EIG_MATVECS: int(res.num_matvecs),
+                Key.WARM: v0 is not None,
+                Key.COLD_MATVECS: None,
             }
             if v0 is not None and self.compare_cold:
                 cold = eigsh(self._operator(data), self.k, v0=None, **kwargs)
-                record["cold_matvecs"] = int(cold.num_matvecs)
-                record["cold_eigenvalues"] = [float(x) for x in cold.eigenvalues]
+                record[Key.COLD_MATVECS] = int(cold.num_matvecs)
+                record[Key.COLD_EIGENVALUES] = [float(x) for x in cold.eigenvalues]
             elif v0 is None:
-                record["cold_matvecs"] = int(res.num_matvecs)
+                record[Key.COLD_MATVECS] = int(res.num_matvecs)
             self._vectors = res.eigenvectors.detach().clone()
             if self.trace or self.layers:
                 blocks = None
@@ -198,19 +199,19 @@ class SpectrumMonitor:
                     seed=self.seed,
                     blocks=blocks,
                 )
-                record["trace"] = float(tr.estimate)
-                record["trace_stderr"] = float(tr.stderr)
-                record["trace_matvecs"] = int(tr.num_matvecs)
+                record[Key.TRACE] = float(tr.estimate)
+                record[Key.TRACE_STDERR] = float(tr.stderr)
+                record[Key.TRACE_MATVECS] = int(tr.num_matvecs)
                 if self.layers and tr.block_estimates is not None:
                     errs = tr.block_stderrs or {}
-                    record["layer_traces"] = {
+                    record[Key.LAYER_TRACES] = {
                         str(name): [float(est), float(errs.get(name, float("nan")))]
                         for name, est in tr.block_estimates.items()
                     }
         finally:
             self.model.train(was_training)
-        record["seconds"] = time.perf_counter() - t0
-        record["wall"] = time.perf_counter() - self._t0
+        record[Key.SECONDS] = time.perf_counter() - t0
+        record[Key.WALL] = time.perf_counter() - self._t0
         for key, val in values.items():
             if key in record:
                 raise ValueError(f"{key!r} is a name the monitor records itself; rename it")
@@ -223,9 +224,9 @@ class SpectrumMonitor:
     def hvps_saved(self) -> int | None:
         """HVPs saved by warm starts against measured cold starts (None: none measured)."""
         pairs = [
-            (r["cold_matvecs"], r["eig_matvecs"])
+            (r[Key.COLD_MATVECS], r[Key.EIG_MATVECS])
             for r in self.records
-            if r["warm"] and r.get("cold_matvecs") is not None
+            if r[Key.WARM] and r.get(Key.COLD_MATVECS) is not None
         ]
         if not pairs:
             return None
@@ -236,9 +237,9 @@ class SpectrumMonitor:
         """All HVPs the monitor spent (cold comparisons included)."""
         total = 0
         for r in self.records:
-            total += r["eig_matvecs"] + r.get("trace_matvecs", 0)
-            if r["warm"] and r.get("cold_matvecs") is not None:
-                total += r["cold_matvecs"]
+            total += r[Key.EIG_MATVECS] + r.get(Key.TRACE_MATVECS, 0)
+            if r[Key.WARM] and r.get(Key.COLD_MATVECS) is not None:
+                total += r[Key.COLD_MATVECS]
         return total
 
     def result(self) -> MonitorResult:
@@ -248,7 +249,7 @@ class SpectrumMonitor:
             k=self.k,
             hvps_saved=self.hvps_saved,
             num_matvecs=self.num_matvecs,
-            seconds=float(sum(r["seconds"] for r in self.records)),
+            seconds=float(sum(r[Key.SECONDS] for r in self.records)),
             history=(),
             seed=self.seed,
             settings={

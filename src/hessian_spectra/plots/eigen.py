@@ -3,51 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 
+from hessian_spectra import history
 from hessian_spectra.figures import new_figure, styled
 from hessian_spectra.plots._common import EIG_LABEL, HVP_LABEL, fmt
 from hessian_spectra.results import EigshResult, Result, SketchResult, select
-
-_RITZ_KEYS = ("ritz_values", "eigenvalues", "estimates", "theta", "ritz")
-_RES_KEYS = ("residuals", "residual", "ritz_residuals")
-
-
-def _first_key(rec: Mapping[str, Any], keys: Sequence[str]) -> Any:
-    for key in keys:
-        if key in rec and rec[key] is not None:
-            return rec[key]
-    return None
 
 
 def eig_history(result: EigshResult) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """(HVPs per record, estimates per record, residuals per record) of an eigsh history.
 
-    Each record's estimates are sorted the way the result's `which` orders them;
-    records without estimates are skipped.
+    Every eigensolver writes `history.RITZ_VALUES` and `history.RESIDUALS` in
+    each record (and always has, so older files read the same). Each record's
+    estimates are sorted the way the result's `which` orders them; records
+    without estimates are skipped, and missing residuals are NaN.
     """
     mv: list[int] = []
     est: list[np.ndarray] = []
     res: list[np.ndarray] = []
     for rec in result.history:
-        vals = _first_key(rec, _RITZ_KEYS)
+        vals = rec.get(history.RITZ_VALUES)
         if vals is None:
             continue
         v = np.atleast_1d(np.asarray(vals, dtype=np.float64))
-        r = _first_key(rec, _RES_KEYS)
-        rr = (
-            np.atleast_1d(np.asarray(r, dtype=np.float64))
-            if r is not None
-            else np.full(v.shape, np.nan)
-        )
+        r = rec.get(history.RESIDUALS)
+        rr = np.full(v.shape, np.nan) if r is None else np.atleast_1d(np.asarray(r, np.float64))
         if rr.shape != v.shape:
             rr = np.full(v.shape, np.nan)
         order = select(v, result.which, v.size)
-        mv.append(int(rec["matvecs"]))
+        mv.append(int(rec[history.MATVECS]))
         est.append(v[order])
         res.append(rr[order])
     return np.asarray(mv), est, res

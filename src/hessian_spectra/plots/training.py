@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 from hessian_spectra.figures import new_figure, styled
 from hessian_spectra.plots._common import EIG_LABEL, fmt
+from hessian_spectra.results import MonitorKeys as Key
 from hessian_spectra.results import MonitorResult, TraceResult
 
 
@@ -87,14 +88,14 @@ def plot_monitor(
         title: the figure title.
     """
     recs = list(result.records)
-    has_trace = any(r.get("trace") is not None for r in recs)
+    has_trace = any(r.get(Key.TRACE) is not None for r in recs)
     fig, axes = new_figure(11.0 if has_trace else 7.6, 3.5, ncols=3 if has_trace else 2)
     ax1 = axes[0]
-    steps = np.asarray([r["step"] for r in recs], dtype=np.float64)
+    steps = np.asarray([r[Key.STEP] for r in recs], dtype=np.float64)
     k = result.k
     for i in range(k):
         vals = np.asarray(
-            [r["eigenvalues"][i] if len(r["eigenvalues"]) > i else np.nan for r in recs]
+            [r[Key.EIGENVALUES][i] if len(r[Key.EIGENVALUES]) > i else np.nan for r in recs]
         )
         ax1.plot(steps, vals, marker="o", ms=2.5, lw=1.2, label=f"λ{i + 1}" if k <= 6 else None)
     lrs = [r.get(lr_key) for r in recs] if lr_key else []
@@ -107,14 +108,15 @@ def plot_monitor(
     ax1.legend(frameon=False, fontsize=8)
     ax2 = axes[1]
     if has_trace:
-        tsteps = np.asarray([r["step"] for r in recs if r.get("trace") is not None])
-        tr = np.asarray([r["trace"] for r in recs if r.get("trace") is not None])
-        se = np.asarray([r.get("trace_stderr", 0.0) for r in recs if r.get("trace") is not None])
+        traced = [r for r in recs if r.get(Key.TRACE) is not None]
+        tsteps = np.asarray([r[Key.STEP] for r in traced])
+        tr = np.asarray([r[Key.TRACE] for r in traced])
+        se = np.asarray([r.get(Key.TRACE_STDERR, 0.0) for r in traced])
         ax2.plot(tsteps, tr, color="C2", marker="o", ms=2.5, label="total")
         ax2.fill_between(
             tsteps, tr - se, tr + se, color="C2", alpha=0.25, label="±1 standard error"
         )
-        layers = [r.get("layer_traces") or {} for r in recs if r.get("trace") is not None]
+        layers = [r.get(Key.LAYER_TRACES) or {} for r in traced]
         names = list(dict.fromkeys(n for lt in layers for n in lt))
         for j, name in enumerate(names):
             vals = np.asarray([lt[name][0] if name in lt else np.nan for lt in layers])
@@ -126,9 +128,9 @@ def plot_monitor(
         ax3 = axes[2]
     else:
         ax3 = ax2
-    warm = np.asarray([r["eig_matvecs"] for r in recs], dtype=np.float64)
+    warm = np.asarray([r[Key.EIG_MATVECS] for r in recs], dtype=np.float64)
     cold = np.asarray(
-        [r["cold_matvecs"] if r.get("cold_matvecs") is not None else np.nan for r in recs],
+        [r[Key.COLD_MATVECS] if r.get(Key.COLD_MATVECS) is not None else np.nan for r in recs],
         dtype=np.float64,
     )
     ax3.plot(steps, warm, marker="o", ms=2.5, color="C0", label="used (warm start)")
