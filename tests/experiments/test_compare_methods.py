@@ -13,6 +13,7 @@ import torch
 import hessian_spectra as hs
 from hessian_spectra.experiments import compare_methods as cm
 from hessian_spectra.experiments import main, register
+from hessian_spectra.experiments.compare_methods.config import config_from_args
 from hessian_spectra.experiments.compare_methods.figures import figure3, figure4
 from hessian_spectra.experiments.compare_methods.measures import (
     pyhessian_trace_rule,
@@ -151,6 +152,7 @@ def test_cli_small_digits_run(tmp_path):
     rec = json.loads((tmp_path / "compare_methods.json").read_text())
     assert rec["n"] == 2650
     assert rec["problem"]["num_samples"] == 64
+    assert rec["problem"]["model"] == "digits-cnn"  # the registry's spelling
     assert rec["problem"]["checkpoint"] == str(ckpt)
     assert rec["reference"]["kind"] == "lanczos"
     for name in ("power", "lanczos", "block"):
@@ -166,6 +168,22 @@ def test_register_adds_experiment_command():
     assert callable(args.func) and args.k == 5
     args = parser.parse_args(["experiment", "sketch-synthetic", "--small"])
     assert callable(args.func) and args.small
+
+
+def test_model_names_are_the_registry_s(tmp_path):
+    # --model takes the registry's names; the older digits_cnn is its alias
+    parser = argparse.ArgumentParser(prog="hessian-spectra")
+    register(parser.add_subparsers(dest="command"))
+    for name in ("digits-cnn", "digits_cnn"):
+        args = parser.parse_args(["experiment", "compare-methods", "--model", name])
+        cfg = config_from_args(args)
+        assert cfg.model == "digits-cnn" and cfg.reference == "exact"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["experiment", "compare-methods", "--model", "nope"])
+    ckpt = tmp_path / "digits.pt"
+    torch.save(digits_cnn(seed=1).state_dict(), ckpt)
+    _, desc = cm.build_problem(cm.CompareConfig(model="digits_cnn", checkpoint=str(ckpt)))
+    assert desc["model"] == "digits-cnn" and desc["num_parameters"] == 2650
 
 
 def test_bad_setups_say_what_to_do(tmp_path):

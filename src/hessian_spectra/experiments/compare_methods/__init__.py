@@ -6,7 +6,7 @@ without reorthogonalization and its ghost copies (the study's "45 steps"),
 sketch errors at sizes 50 and 100 (Figure 19), the sketch's cumulative
 spectrum (Figure 6), trace estimates with error bars (sketch, Hutchinson,
 Hutch++, XTrace, and PyHessian's stopping rule replayed on the Hutchinson
-samples), and the spectral density (Figure 2). Default problem: `digits_cnn`
+samples), and the spectral density (Figure 2). Default problem: `digits-cnn`
 trained by `train_digits_cnn(seed=0)` on the digits, whose dense Hessian is
 small enough to give exact reference eigenvalues. With `--model resnet20
 --checkpoint FILE --data cifar10:PATH` it runs on the study's network; the

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 import hessian_spectra as hs
-from hessian_spectra import data as hdata
-from hessian_spectra import models
 from hessian_spectra.operators import LinearOperator
+from hessian_spectra.problems import (
+    BUILTIN_MODELS,
+    build_model,
+    canonical_model_name,
+    load_data,
+    load_state_dict,
+)
 
-MODELS = ("digits_cnn", "resnet20")
+#: Samples in the loss of a CIFAR-10 model when none are asked for.
+CIFAR_SAMPLES = 128
 
 
 @dataclass(frozen=True)
@@ -23,13 +27,15 @@ class CompareConfig:
     """Settings of `compare-methods` (defaults: the study's choices where it made any).
 
     Attributes:
-        model: "digits_cnn" or "resnet20".
-        data: "digits" or "cifar10:PATH".
-        checkpoint: a state-dict file for the model (required for resnet20).
-        num_samples: data points in the loss (None: all of digits; 128 of CIFAR-10).
+        model: a built-in model of `hessian_spectra.problems` ("digits-cnn",
+            "resnet20", ...; the older "digits_cnn" is accepted).
+        data: "digits" or "cifar10:PATH" (the data the model is made for).
+        checkpoint: a state-dict file for the model (required for the ResNets).
+        num_samples: data points in the loss, a fixed subset chosen by the registry
+            (None: all of digits; 128 of CIFAR-10).
         batch_size: samples per batch of the Hessian's data pass.
         dtype: "float64" or "float32" (the operator's precision).
-        train_steps: Adam steps of `train_digits_cnn` (digits_cnn only).
+        train_steps: Adam steps of the training done here (digits-cnn without checkpoint).
         k: eigenvalues wanted (the study: 20).
         which: "LA" (largest) or "LM" (largest magnitude; for indefinite nets).
         tol: residual tolerance of Lanczos and block Lanczos.
@@ -53,7 +59,7 @@ class CompareConfig:
         seed: seed of every random draw.
     """
 
-    model: str = "digits_cnn"
+    model: str = "digits-cnn"
     data: str = "digits"
     checkpoint: str | None = None
     num_samples: int | None = None
@@ -90,77 +96,51 @@ def _dtype(name: str) -> torch.dtype:
     return torch.float64 if name == "float64" else torch.float32
 
 
-def _load_state(model: torch.nn.Module, path: str) -> None:
-    """Load a state dict saved by `torch.save` (bare, or under "state_dict"/"model")."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"checkpoint {file} does not exist; pass the path of a state dict")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in state and isinstance(state[key], Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{file} holds a {type(state).__name__}, not a state dict")
-    # checkpoints saved from nn.DataParallel prefix every name with "module."
-    state = {str(k).removeprefix("module."): v for k, v in state.items()}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes that do not match
-        raise ValueError(f"{file} does not fit the model: {exc}; check --model") from exc
-    if missing or unexpected:
-        raise ValueError(
-            f"{file} does not fit the model: missing {sorted(missing)[:5]}, unexpected "
-            f"{sorted(unexpected)[:5]}; check --model"
-        )
+def _check_data(name: str, data: str) -> None:
+    """Refuse data that the built-in model `name` is not made for."""
+    kind = BUILTIN_MODELS[name].data
+    if kind == "digits" and data != "digits":
+        raise ValueError(f"{name} takes --data digits")
+    if kind == "cifar10" and not data.startswith(("cifar10:", "cifar10-test:")):
+        raise ValueError(f"{name} takes --data cifar10:PATH (the extracted CIFAR-10 folder)")
 
 
 def build_problem(cfg: CompareConfig) -> tuple[LinearOperator, dict[str, Any]]:
-    """The Hessian operator of the configured model and data, and a description of it."""
+    """The Hessian operator of the configured model and data, and a description of it.
+
+    The model, its checkpoint and the data come from the problem registry
+    (`hessian_spectra.problems`); a model without a checkpoint is trained here
+    where the registry knows how (digits-cnn), and refused otherwise.
+    """
     dtype = _dtype(cfg.dtype)
-    if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; choose from {', '.join(MODELS)}")
-    desc: dict[str, Any] = {"model": cfg.model, "data": cfg.data, "dtype": cfg.dtype}
-    model: torch.nn.Module
-    if cfg.model == "digits_cnn":
-        if cfg.data != "digits":
-            raise ValueError("digits_cnn takes --data digits")
-        if cfg.checkpoint is not None:
-            model = models.digits_cnn(seed=0)
-            _load_state(model, cfg.checkpoint)
-            desc["checkpoint"] = cfg.checkpoint
-        else:
-            model = models.train_digits_cnn(seed=0, steps=cfg.train_steps)
-            desc["trained"] = f"train_digits_cnn(seed=0, steps={cfg.train_steps})"
-        x, y = hdata.digits()
-    else:
-        if not cfg.data.startswith("cifar10:"):
-            raise ValueError("resnet20 takes --data cifar10:PATH (the extracted CIFAR-10 folder)")
-        if cfg.checkpoint is None:
-            raise ValueError(
-                "resnet20 needs --checkpoint FILE (a trained state dict); the study's numbers "
-                "come from a trained network"
-            )
-        model = models.resnet20(seed=0)
-        _load_state(model, cfg.checkpoint)
+    name = canonical_model_name(cfg.model)
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; choose from {', '.join(BUILTIN_MODELS)}")
+    _check_data(name, cfg.data)
+    builtin = BUILTIN_MODELS[name]
+    desc: dict[str, Any] = {"model": name, "data": cfg.data, "dtype": cfg.dtype}
+    if cfg.checkpoint is not None:
+        model = build_model(name, seed=0)
+        load_state_dict(model, cfg.checkpoint, name)
         desc["checkpoint"] = cfg.checkpoint
-        ds = hdata.cifar10(Path(cfg.data.split(":", 1)[1]).expanduser(), train=True)
-        x, y = ds.tensors
+    elif builtin.train is not None:
+        model = builtin.train(0, cfg.train_steps)
+        desc["trained"] = f"{name} trained here (seed=0, steps={cfg.train_steps})"
+    else:
+        raise ValueError(
+            f"{name} needs --checkpoint FILE (a trained state dict); the study's numbers "
+            "come from a trained network"
+        )
     num = cfg.num_samples
-    if num is None:
-        num = x.shape[0] if cfg.model == "digits_cnn" else 128
-    if not 1 <= num <= x.shape[0]:
-        raise ValueError(f"num_samples must be in [1, {x.shape[0]}], got {num}")
-    x, y = x[:num].to(dtype), y[:num]
+    if num is None and builtin.data == "cifar10":
+        num = CIFAR_SAMPLES
+    data = load_data(cfg.data, samples=num, batch_size=cfg.batch_size, dtype=dtype)
+    batches = data.batches
     model = model.to(dtype).eval()
-    batches = [
-        (x[i : i + cfg.batch_size], y[i : i + cfg.batch_size])
-        for i in range(0, num, cfg.batch_size)
-    ]
-    data: Any = batches[0] if len(batches) == 1 else batches
-    op = hs.HessianOperator(model, torch.nn.CrossEntropyLoss(), data)
-    desc.update(num_samples=num, num_batches=len(batches), num_parameters=op.shape[0])
+    op = hs.HessianOperator(
+        model, torch.nn.CrossEntropyLoss(), batches[0] if len(batches) == 1 else batches
+    )
+    desc.update(num_samples=data.num_samples, num_batches=len(batches), num_parameters=op.shape[0])
     return op, desc
 
 
@@ -171,9 +151,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `experiment compare-methods`."""
     d = CompareConfig()
     a = parser.add_argument
-    a("--model", choices=MODELS, default=d.model, help="default digits_cnn")
+    a(
+        "--model",
+        type=canonical_model_name,
+        choices=list(BUILTIN_MODELS),
+        default=d.model,
+        help=f"a built-in model (default {d.model}; digits_cnn is accepted too)",
+    )
     a("--data", default=d.data, help="digits (default) or cifar10:PATH")
-    a("--checkpoint", help="state dict of the model (required for resnet20)")
+    a("--checkpoint", help="state dict of the model (required for the ResNets)")
     a("--num-samples", type=int, help="data points in the loss (default: all digits / 128 CIFAR)")
     a(
         "--batch-size",
@@ -182,7 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"samples per batch (default {d.batch_size})",
     )
     a("--dtype", choices=("float64", "float32"), default=d.dtype, help="operator precision")
-    a("--train-steps", type=int, default=d.train_steps, help="Adam steps for digits_cnn")
+    a("--train-steps", type=int, default=d.train_steps, help="Adam steps for digits-cnn")
     a("--k", type=int, default=d.k, help=f"eigenvalues wanted (default {d.k})")
     a("--which", choices=("LA", "LM"), default=d.which, help="LA (default) or LM")
     a("--tol", type=float, default=d.tol, help=f"Lanczos residual tolerance (default {d.tol})")
@@ -230,9 +216,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
     """The configuration the parsed options of `add_arguments` describe."""
-    reference = args.reference or ("exact" if args.model == "digits_cnn" else "lanczos")
+    model = canonical_model_name(args.model)
+    reference = args.reference or ("exact" if model == "digits-cnn" else "lanczos")
     return CompareConfig(
-        model=args.model,
+        model=model,
         data=args.data,
         checkpoint=args.checkpoint,
         num_samples=args.num_samples,
