@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from hessian_spectra import plots
 from hessian_spectra.algorithms import density
+from hessian_spectra.figures import save_figure
 from hessian_spectra.operators import DenseOperator
 from hessian_spectra.results import (
     EigshResult,
@@ -86,7 +87,7 @@ def _check_labels(fig: Figure) -> None:
 
 
 def _png_shape(fig: Figure, tmp_path) -> tuple[int, ...]:
-    path = plots.save_figure(fig, tmp_path / "fig.png")
+    path = save_figure(fig, tmp_path / "fig.png")
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     img = mpimg.imread(io.BytesIO(data), format="png")

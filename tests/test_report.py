@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hessian_spectra import plots
+from hessian_spectra.figures import save_figure
 from hessian_spectra.report import Report, summarize
 from hessian_spectra.results import TraceResult
 from tests.test_plots import FakeDensity, _landscape, fake_eigsh
@@ -175,7 +176,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
 def test_render_check_catches_a_broken_image(tmp_path):
     # the check itself must be able to fail: a corrupt PNG is reported as not decoded
     rep = Report("broken")
-    good = plots.save_figure(plots.plot_landscape(_landscape(1)), tmp_path / "ok.png")
+    good = save_figure(plots.plot_landscape(_landscape(1)), tmp_path / "ok.png")
     rep.add_figure("fine", good)
     path = rep.write(tmp_path / "report.html")
     html = path.read_text(encoding="utf-8")

@@ -33,7 +33,7 @@ from hessian_spectra.algorithms import eigsh
 from hessian_spectra.algorithms import trace as estimate_trace
 from hessian_spectra.analysis.layers import group_blocks
 from hessian_spectra.figures import save_figure
-from hessian_spectra.operators.hessian import HessianOperator
+from hessian_spectra.operators import HessianOperator
 from hessian_spectra.plots import plot_monitor
 from hessian_spectra.results import MonitorKeys as Key
 from hessian_spectra.results import MonitorResult

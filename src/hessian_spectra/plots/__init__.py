@@ -11,7 +11,6 @@ sketches), `density`, `landscape`, `training` (per-layer traces, monitors).
 
 from __future__ import annotations
 
-from hessian_spectra.figures import STYLE, save_figure
 from hessian_spectra.plots._common import EIG_LABEL, HVP_LABEL
 from hessian_spectra.plots.density import plot_density
 from hessian_spectra.plots.eigen import (
@@ -26,7 +25,6 @@ from hessian_spectra.plots.training import plot_layer_traces, plot_monitor
 __all__ = [
     "EIG_LABEL",
     "HVP_LABEL",
-    "STYLE",
     "eig_history",
     "plot_convergence",
     "plot_density",
@@ -36,5 +34,4 @@ __all__ = [
     "plot_method_comparison",
     "plot_monitor",
     "plot_sketch",
-    "save_figure",
 ]
