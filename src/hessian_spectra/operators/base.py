@@ -8,6 +8,7 @@ derived here once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -112,8 +113,14 @@ class LinearOperator:
         return f"{type(self).__name__}(n={n}, dtype={self.dtype}, device={self.device})"
 
 
-def digest(tensors: list[torch.Tensor]) -> str:
-    """A SHA-256 of tensors' values, dtypes and shapes."""
+def digest(tensors: torch.Tensor | Sequence[torch.Tensor]) -> str:
+    """A SHA-256 of a tensor's (or a sequence of tensors') values, dtypes and shapes.
+
+    What operator fingerprints and checkpoints use to tell matrices, parameters
+    and starting vectors apart; a lone tensor hashes as the sequence of it alone.
+    """
+    if isinstance(tensors, torch.Tensor):
+        tensors = [tensors]
     h = hashlib.sha256()
     for t in tensors:
         t = t.detach()
