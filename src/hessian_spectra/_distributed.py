@@ -8,11 +8,10 @@ writes files and shows progress.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 
 def _dist_ready() -> bool:
-    import torch.distributed as dist
-
     return bool(dist.is_available() and dist.is_initialized())
 
 
@@ -20,8 +19,6 @@ def world_size() -> int:
     """Ranks in the default process group (1 when none is initialized)."""
     if not _dist_ready():
         return 1
-    import torch.distributed as dist
-
     return int(dist.get_world_size())
 
 
@@ -29,8 +26,6 @@ def rank() -> int:
     """This process's rank in the default group (0 when none is initialized)."""
     if not _dist_ready():
         return 0
-    import torch.distributed as dist
-
     return int(dist.get_rank())
 
 
@@ -63,16 +58,12 @@ def resolve_distributed(flag: bool | str) -> bool:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all ranks, in place; returns it."""
-    import torch.distributed as dist
-
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def broadcast_from_main(obj: object) -> object:
     """Rank 0's value of a small picklable object, on every rank."""
-    import torch.distributed as dist
-
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]

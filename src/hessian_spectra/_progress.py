@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from hessian_spectra._distributed import is_main_process
 
 _ENABLED: bool | None = None  # None: follow each call's `progress` argument
@@ -44,8 +46,6 @@ def progress_bar(
     if not on or not is_main_process():  # one bar per job, on rank 0
         yield _NoBar()
         return
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
     try:
         yield bar
