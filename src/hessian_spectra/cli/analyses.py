@@ -20,15 +20,12 @@ from torch import nn
 
 from hessian_spectra import plots
 from hessian_spectra.algorithms import density, eigsh, sketch, trace
-from hessian_spectra.analysis.landscape import (
-    loss_landscape,
-    random_directions,
-    select_parameters,
-)
+from hessian_spectra.analysis.landscape import loss_landscape, random_directions
 from hessian_spectra.analysis.layers import group_blocks, layer_traces
 from hessian_spectra.cli.errors import CLIError
 from hessian_spectra.cli.output import Outcome, note, say, table
 from hessian_spectra.cli.setup import Resume, Setup, hessian, run_state
+from hessian_spectra.operators import select_parameters
 
 ANALYSES = ("eigs", "trace", "density", "sketch", "landscape", "layers")
 SKETCH_KINDS = ("rademacher", "rangefinder", "nystrom")

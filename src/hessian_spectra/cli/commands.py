@@ -77,13 +77,8 @@ def density_of(args: argparse.Namespace) -> DensityOptions:
     return DensityOptions(num_steps=args.num_steps, num_probes=args.num_probes)
 
 
-def sketch_of(args: argparse.Namespace, *, kind: str | None = None) -> SketchOptions:
-    return SketchOptions(
-        size=args.size,
-        kind=kind or args.kind,
-        power_steps=0 if kind else args.power_steps,
-        k=args.k,
-    )
+def sketch_of(args: argparse.Namespace) -> SketchOptions:
+    return SketchOptions(size=args.size, kind=args.kind, power_steps=args.power_steps, k=args.k)
 
 
 # =============================================================================== commands
@@ -96,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         eigs=EigsOptions(k=args.k, tol=args.tol, compare_power=True),
         trace=TraceOptions(num_matvecs=args.num_matvecs),
         density=density_of(args),
-        sketch=sketch_of(args, kind="all"),
+        sketch=SketchOptions(size=args.size, k=args.k),
         landscape=LandscapeOptions(steps=args.steps),
     )
     out = run_analyses(s, ANALYSES, opts, Outcome(s.out))

@@ -8,7 +8,6 @@ batches, the loss, checked to fit together before any time is spent.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import nn
 from hessian_spectra._distributed import world_size
 from hessian_spectra.cli.errors import PROG, CLIError
 from hessian_spectra.cli.output import note
-from hessian_spectra.operators.hessian import HessianOperator
+from hessian_spectra.operators import HessianOperator, select_parameters
 from hessian_spectra.problems import (
     BUILTIN_MODELS,
     Data,
@@ -97,18 +96,11 @@ def prepare_out(path: str) -> Path:
 
 def selected_count(model: nn.Module, params: str | None) -> int:
     """How many trainable parameters `params` (a regex, None for all) selects."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if params is None:
-        return sum(p.numel() for _, p in named)
     try:
-        pattern = re.compile(params)
-    except re.error as exc:
-        raise CLIError(f"--params {params!r} is not a valid regex: {exc}") from exc
-    chosen = [p for n, p in named if pattern.search(n)]
-    if not chosen:
-        sample = ", ".join(n for n, _ in named[:6])
-        raise CLIError(f"--params {params!r} matches no parameter; names look like: {sample}")
-    return sum(p.numel() for p in chosen)
+        chosen = select_parameters(model, params)
+    except ValueError as exc:
+        raise CLIError(f"--params {params!r}: {exc}") from exc
+    return sum(p.numel() for _, p in chosen)
 
 
 def _check_k(k: int | None, num_params: int, params: str | None) -> None:
