@@ -27,12 +27,12 @@ _EXPORTS: dict[str, str] = {
     "ShiftedOperator": "hessian_spectra.operators.base",
     "HessianOperator": "hessian_spectra.operators.hessian",
     # algorithms
-    "lanczos": "hessian_spectra.algorithms.lanczos",
-    "eigsh": "hessian_spectra.algorithms.eigsh",
-    "refine": "hessian_spectra.algorithms.rqi",
-    "trace": "hessian_spectra.algorithms.trace",
-    "density": "hessian_spectra.algorithms.density",
-    "sketch": "hessian_spectra.algorithms.sketch",
+    "lanczos": "hessian_spectra.algorithms",
+    "eigsh": "hessian_spectra.algorithms",
+    "refine": "hessian_spectra.algorithms",
+    "trace": "hessian_spectra.algorithms",
+    "density": "hessian_spectra.algorithms",
+    "sketch": "hessian_spectra.algorithms",
     # analysis
     "layer_traces": "hessian_spectra.analysis.layers",
     "loss_landscape": "hessian_spectra.analysis.landscape",

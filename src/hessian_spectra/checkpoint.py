@@ -9,11 +9,14 @@ with ``weights_only=True`` and never runs code from the file).
 Writes go to a temporary file in the same folder that is flushed to disk and
 then renamed over the old checkpoint, so a crash or a kill at any moment leaves
 either the previous checkpoint or the new one, never a torn file.
+
+This module is the file format and the save/resume mechanics only; which seed a
+resumed run uses, and how an algorithm hooks its loop to a `RunCheckpoint`,
+belong to the algorithms' run context (`hessian_spectra.algorithms._run`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -269,34 +272,3 @@ def open_run(
     return RunCheckpoint(
         path, kind, fingerprint(), every=DEFAULT_EVERY if every is None else every, resume=resume
     )
-
-
-@contextmanager
-def guarded(run: RunCheckpoint | None) -> Iterator[None]:
-    """`run.guard()`, or nothing when there is no checkpoint."""
-    if run is None:
-        yield
-        return
-    with run.guard():
-        yield
-
-
-def resolve_resumed_seed(seed: int | None, run: RunCheckpoint | None) -> int | None:
-    """The seed of a resumed run: the saved one; a different explicit seed is refused."""
-    if run is None or run.state is None:
-        return seed
-    saved = int(run.state["seed"])
-    if seed is not None and int(seed) != saved:
-        raise CheckpointError(
-            f"{run.path} was written with seed={saved}, this call has seed={seed}: call again "
-            "with the same seed (or seed=None) to resume, or use a new checkpoint path"
-        )
-    return saved
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """A SHA-256 of a tensor's values, dtype and shape (for fingerprints)."""
-    h = hashlib.sha256()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import hessian_spectra as hs
-from hessian_spectra.algorithms.block_lanczos import BlockLanczosState, rayleigh_ritz
+from hessian_spectra.algorithms.eigen._ritz import rayleigh_ritz
+from hessian_spectra.algorithms.eigen.block import BlockLanczosState
 from hessian_spectra.operators.base import DenseOperator
 from tests.algorithms.test_eigsh import check_pairs, no_ghosts, true_residuals
-from tests.conftest import matrix_with_spectrum
+from tests.helpers import matrix_with_spectrum
 
 
 def _op(lam, seed=0):

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import hessian_spectra as hs
-from hessian_spectra.algorithms.power import ritz_extremes
+from hessian_spectra.algorithms.lanczos import ritz_extremes
 from hessian_spectra.operators.base import DenseOperator
 from tests.algorithms.test_eigsh import true_residuals
-from tests.conftest import matrix_with_spectrum
+from tests.helpers import matrix_with_spectrum
 
 
 def _op(lam, seed=0):

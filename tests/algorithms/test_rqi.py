@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hessian_spectra as hs
-from hessian_spectra.algorithms.rqi import minres
+from hessian_spectra.algorithms.eigen.rqi import minres
 from hessian_spectra.operators.base import DenseOperator
 from tests.algorithms.test_eigsh import true_residuals
-from tests.conftest import matrix_with_spectrum
+from tests.helpers import matrix_with_spectrum
 
 
 def _op(lam, seed=0):

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from hessian_spectra.algorithms._common import rademacher, resolve_seed
-from hessian_spectra.algorithms.trace import _XTrace, trace
+from hessian_spectra.algorithms._linalg import rademacher
+from hessian_spectra.algorithms._run import resolve_seed
+from hessian_spectra.algorithms.trace import trace
+from hessian_spectra.algorithms.trace_estimators import XTrace as _XTrace
 from hessian_spectra.operators.base import DenseOperator
 from hessian_spectra.results import TraceResult, load_result
-from tests.conftest import matrix_with_spectrum
+from tests.helpers import matrix_with_spectrum
 
 N = 1000
 NUM_SEEDS = 200

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hessian_spectra.algorithms._common import Callback, Recorder, rademacher, resolve_seed
+from hessian_spectra.algorithms._linalg import rademacher
+from hessian_spectra.algorithms._run import Callback, RunContext
 from hessian_spectra.algorithms.lanczos import LanczosProcess, tridiagonal_eigh
-from hessian_spectra.checkpoint import generator_state, guarded, open_run, resolve_resumed_seed
+from hessian_spectra.history import ACTIVE, STEP
 from hessian_spectra.operators.base import LinearOperator, as_operator
 from hessian_spectra.results import DensityResult
 
@@ -85,7 +86,7 @@ def _broke_down(proc: LanczosProcess, rtol: float) -> bool:
 
 
 def density(
-    op: Any,
+    op: LinearOperator | torch.Tensor | np.ndarray,
     *,
     num_steps: int = 100,
     num_probes: int = 1,
@@ -138,21 +139,25 @@ def density(
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")
     steps = min(int(num_steps), n)
-    run = open_run(
-        checkpoint,
-        "density/slq",
-        lambda: {
+    ctx = RunContext(
+        op,
+        "density (SLQ)",
+        seed=seed,
+        total=steps * num_probes,
+        progress=progress,
+        callback=callback,
+        checkpoint=checkpoint,
+        kind="density/slq",
+        fingerprint=lambda: {
             **op.fingerprint(),
             "num_steps": int(num_steps),
             "num_probes": int(num_probes),
             "block_size": int(block_size),
         },
-        every=checkpoint_every,
+        checkpoint_every=checkpoint_every,
         resume=resume,
     )
-    seed, gen = resolve_seed(resolve_resumed_seed(seed, run), op)
-    if run is not None:
-        run.extra["seed"] = seed
+    gen = ctx.generator
     # A Ritz value counts as converged (an eigenvalue located, see
     # DensityResult.count_above) when its residual is below this fraction of
     # the spectrum's scale: sqrt(eps) of the operator's precision. The same
@@ -168,40 +173,25 @@ def density(
     # the tridiagonal coefficients (alpha, beta) of the probes already finished
     loop: dict[str, Any] = {"lo": 0, "group": [], "finished": []}
     settings = {"num_steps": num_steps, "num_probes": num_probes, "block_size": block_size}
-    with (
-        guarded(run),
-        Recorder(
-            op, "density (SLQ)", total=steps * num_probes, progress=progress, callback=callback
-        ) as rec,
-    ):
-        restored = False
-        if run is not None:
-            if run.state is not None:
-                saved = run.state
-                loop["lo"] = int(saved["lo"])
-                loop["finished"] = [(list(a), list(b)) for a, b in saved["finished"]]
-                group = []
-                for j, proc_state in enumerate(saved["group"]):
-                    proc = new_process(loop["lo"] + j)
-                    proc.load_state_dict(proc_state)
-                    group.append(proc)
-                loop["group"] = group
-                rec.load_state_dict(saved["recorder"])
-                gen.set_state(saved["generator"])
-                restored = True
-            rec.on_record = run.boundary
-            run.bind(
-                state=lambda: {
-                    "lo": loop["lo"],
-                    "group": [p.state_dict() for p in loop["group"]],
-                    "finished": [(list(a), list(b)) for a, b in loop["finished"]],
-                },
-                snapshot=lambda: {
-                    "recorder": rec.state_dict(),
-                    "generator": generator_state(gen),
-                },
-            )
-            run.boundary(periodic=False)
+    with ctx:
+        restored = ctx.saved is not None
+        if ctx.saved is not None:
+            saved = ctx.saved
+            loop["lo"] = int(saved["lo"])
+            loop["finished"] = [(list(a), list(b)) for a, b in saved["finished"]]
+            group = []
+            for j, proc_state in enumerate(saved["group"]):
+                proc = new_process(loop["lo"] + j)
+                proc.load_state_dict(proc_state)
+                group.append(proc)
+            loop["group"] = group
+        ctx.track(
+            lambda: {
+                "lo": loop["lo"],
+                "group": [p.state_dict() for p in loop["group"]],
+                "finished": [(list(a), list(b)) for a, b in loop["finished"]],
+            }
+        )
         stop = False
         while loop["lo"] < num_probes:
             lo = loop["lo"]
@@ -213,33 +203,27 @@ def density(
                 group = [new_process(p) for p in range(lo, min(num_probes, lo + block_size))]
                 loop["group"] = group
                 active = list(group)
-                if run is not None:
-                    run.boundary(periodic=False)
+                ctx.boundary(periodic=False)
             while active and not stop:
                 V = torch.stack([proc.next_vector for proc in active], 1)
                 HV = op.matmat(V)
-                if run is not None:
-                    run.dirty()
+                ctx.dirty()
                 for j, proc in enumerate(active):
                     relay.load(V[:, j], HV[:, j])
                     proc.step()
                 active = [p for p in active if not _finished(p, conv_rtol)]
-                stop = rec.record(
+                stop = ctx.record(
+                    {STEP: group[0].num_steps if group else 0, ACTIVE: len(active)},
                     postfix=f"probes {lo + 1}-{lo + len(group)}",
-                    step=group[0].num_steps if group else 0,
-                    active=len(active),
                 )
-            if run is not None:
-                run.dirty()
+            ctx.dirty()
             loop["finished"].extend((list(p.alpha), list(p.beta)) for p in group)
             loop["group"] = []
             loop["lo"] = lo + len(group)
             if stop:
                 break
-        seconds, used, history = rec.seconds, rec.matvecs, rec.history
-        all_settings = rec.settings(**settings)
-    if run is not None:
-        run.finish()
+        seconds, used, history = ctx.seconds, ctx.matvecs, ctx.history
+        all_settings = ctx.settings(**settings)
 
     nodes, weights, residuals, counts = [], [], [], []
     for alpha, beta in loop["finished"]:
@@ -276,6 +260,6 @@ def density(
         num_matvecs=used,
         seconds=seconds,
         history=history,
-        seed=seed,
+        seed=ctx.seed,
         settings=all_settings,
     )

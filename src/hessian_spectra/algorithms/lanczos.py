@@ -14,6 +14,10 @@ process continues with a random vector orthogonal to the basis, so the
 tridiagonal matrix becomes block diagonal and the run goes on to find more of
 the spectrum.
 
+`ritz_extremes` and `lowest_eigenvalue_estimate` run a few steps from a random
+start for cheap estimates of the ends of the spectrum (the spectral shifts of
+power iteration, RQI and the Nystrom sketch).
+
 `LanczosProcess.restart` is the thick restart of Wu and Simon (2000): when the
 basis is full, chosen Ritz vectors and the next Lanczos vector replace it, the
 projected matrix becomes an arrowhead followed by a tridiagonal (solved with a
@@ -31,9 +35,13 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from hessian_spectra.algorithms._linalg import gaussian
 from hessian_spectra.operators.base import LinearOperator
 
 Reorth = Literal["full", "none"]
+
+#: Lanczos steps (= products) of `ritz_extremes` by default.
+BOUND_STEPS = 10
 
 
 def tridiagonal_eigh(
@@ -565,3 +573,38 @@ def lanczos(
         if callback is not None and callback(proc):
             break
     return proc.decomposition()
+
+
+def _short_run(op: LinearOperator, generator: torch.Generator, steps: int) -> LanczosDecomposition:
+    """`steps` Lanczos steps (at most n) from a Gaussian start drawn from `generator`."""
+    v0 = gaussian(op, 1, generator)[:, 0]
+    return lanczos(op, v0, max(1, min(steps, op.shape[0])), generator=generator)
+
+
+def ritz_extremes(
+    op: LinearOperator, generator: torch.Generator, steps: int = BOUND_STEPS
+) -> tuple[float, float, float]:
+    """Smallest and largest Ritz values of a short Lanczos run, and its last beta.
+
+    Costs `steps` products. The extreme Ritz values lie inside the spectrum and
+    approach its ends fastest; the last beta bounds every Ritz pair's residual.
+    """
+    dec = _short_run(op, generator, steps)
+    theta, _ = dec.ritz(eigvals_only=True)
+    return float(theta.min()), float(theta.max()), abs(float(dec.beta[-1]))
+
+
+def lowest_eigenvalue_estimate(op: LinearOperator, generator: torch.Generator, steps: int) -> float:
+    """A pessimistic estimate of the smallest eigenvalue from a short Lanczos run.
+
+    The smallest Ritz value less its residual norm ``beta_m |s_m1|``: an
+    eigenvalue lies within that residual of it (Krylov-Bogoliubov), though
+    the smallest may lie further down, where the short run has not reached.
+    Costs `steps` products (the run of `ritz_extremes`, with the eigenvectors
+    of T for the residual).
+    """
+    dec = _short_run(op, generator, steps)
+    theta, S = dec.ritz()
+    assert S is not None
+    res = abs(float(dec.beta[-1])) * abs(float(S[-1, 0]))
+    return float(theta[0]) - res

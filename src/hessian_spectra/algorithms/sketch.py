@@ -29,13 +29,22 @@ Three kinds, each built from one block product (`matmat`) per pass:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
-from hessian_spectra.algorithms._common import Recorder, gaussian, rademacher, resolve_seed
-from hessian_spectra.algorithms.lanczos import lanczos
+from hessian_spectra.algorithms._linalg import (
+    gaussian,
+    mul,
+    orth,
+    rademacher,
+    range_finder,
+    work_dtype,
+)
+from hessian_spectra.algorithms._run import RunContext
+from hessian_spectra.algorithms.lanczos import lowest_eigenvalue_estimate
+from hessian_spectra.history import SHIFT, STEP, TOP
 from hessian_spectra.operators.base import LinearOperator, as_operator
 from hessian_spectra.results import SketchResult
 
@@ -45,39 +54,14 @@ KINDS = ("rademacher", "rangefinder", "nystrom")
 SHIFT_LANCZOS_STEPS = 20
 
 
-def _work_dtype(op: LinearOperator) -> torch.dtype:
-    return torch.float32 if op.device.type == "mps" else torch.float64
-
-
-def _mul(op: LinearOperator, V: torch.Tensor) -> torch.Tensor:
-    """H V with V in the work dtype; the product in the operator's dtype."""
-    return op.matmat(V.to(op.dtype)).to(V.dtype)
-
-
-def _orth(Y: torch.Tensor) -> torch.Tensor:
-    Q, _ = torch.linalg.qr(Y, mode="reduced")
-    return Q
-
-
 def _eigh_desc(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs of a symmetric matrix, eigenvalues descending."""
     w, U = torch.linalg.eigh((M + M.T) / 2)
     return w.flip(0), U.flip(1)
 
 
-def _bottom_estimate(op: LinearOperator, gen: torch.Generator, steps: int) -> float:
-    """A pessimistic estimate of the smallest eigenvalue: Lanczos's smallest Ritz
-    value minus its residual norm."""
-    v0 = gaussian(op, 1, gen)[:, 0]
-    proc = lanczos(op, v0, min(steps, op.shape[0]), reorth="full", generator=gen)
-    theta, S = proc.ritz()
-    assert S is not None
-    res = abs(float(proc.beta[-1])) * abs(float(S[-1, 0]))
-    return float(theta[0]) - res
-
-
 def sketch(
-    op: Any,
+    op: LinearOperator | torch.Tensor | np.ndarray,
     size: int,
     *,
     kind: Kind = "rademacher",
@@ -134,16 +118,17 @@ def sketch(
         raise ValueError(f"a {kind} sketch needs size <= n={n}, got {size}")
     if shift is not None and kind != "nystrom":
         raise ValueError("shift applies to kind='nystrom' only")
-    seed, gen = resolve_seed(seed)
-    wd = _work_dtype(op)
     passes = {"rademacher": 1, "rangefinder": 2 + power_steps, "nystrom": 1 + power_steps}[kind]
+    ctx = RunContext(op, f"sketch ({kind})", seed=seed, total=size * passes, progress=progress)
+    gen = ctx.generator
+    wd = work_dtype(op)
     settings = {"size": size, "kind": kind, "power_steps": power_steps, "shift": shift}
     residuals: np.ndarray | None = None
     used_shift = 0.0
-    with Recorder(op, f"sketch ({kind})", total=size * passes, progress=progress) as rec:
+    with ctx:
         if kind == "rademacher":
             S = rademacher(op, size, gen).to(wd) / math.sqrt(size)
-            HS = _mul(op, S)
+            HS = mul(op, S)
             M = S.T @ HS
             M = (M + M.T) / 2
             lam, U = _eigh_desc(M)
@@ -151,15 +136,15 @@ def sketch(
             norms = torch.linalg.vector_norm(V, dim=0)
             V = V / torch.where(norms > 0, norms, torch.ones_like(norms))
             matrix, vectors, tr = M, V, float(torch.trace(M))
-            rec.record(top=float(lam[0]))
+            ctx.record({TOP: float(lam[0])})
         elif kind == "rangefinder":
-            Y = _mul(op, gaussian(op, size, gen).to(wd))
-            rec.record(step="range")
-            for q in range(power_steps):
-                Y = _mul(op, _orth(Y))
-                rec.record(step=f"power {q + 1}")
-            Q = _orth(Y)
-            Z = _mul(op, Q)
+            Q = range_finder(
+                op,
+                gaussian(op, size, gen).to(wd),
+                power_steps,
+                on_pass=lambda p: ctx.record({STEP: "range" if p == 0 else f"power {p}"}),
+            )
+            Z = mul(op, Q)
             M = Q.T @ Z
             M = (M + M.T) / 2
             lam, U = _eigh_desc(M)
@@ -168,13 +153,13 @@ def sketch(
                 torch.linalg.vector_norm(Z @ U - vectors * lam, dim=0).detach().cpu().numpy()
             )
             matrix, tr = M, float(torch.trace(M))
-            rec.record(top=float(lam[0]))
+            ctx.record({TOP: float(lam[0])})
         else:
-            lam, vectors, matrix, used_shift = _nystrom(op, size, power_steps, gen, wd, shift, rec)
+            lam, vectors, matrix, used_shift = _nystrom(op, size, power_steps, gen, wd, shift)
             tr = float(lam.sum())
-            rec.record(top=float(lam[0]), shift=used_shift)
-        seconds, used, history = rec.seconds, rec.matvecs, rec.history
-        all_settings = rec.settings(**settings)
+            ctx.record({TOP: float(lam[0]), SHIFT: used_shift})
+        seconds, used, history = ctx.seconds, ctx.matvecs, ctx.history
+        all_settings = ctx.settings(**settings)
     return SketchResult(
         matrix=matrix.detach().cpu().numpy(),
         eigenvalues=lam.detach().cpu().numpy(),
@@ -186,7 +171,7 @@ def sketch(
         num_matvecs=used,
         seconds=seconds,
         history=history,
-        seed=seed,
+        seed=ctx.seed,
         settings=all_settings,
     )
 
@@ -198,16 +183,15 @@ def _nystrom(
     gen: torch.Generator,
     wd: torch.dtype,
     shift: float | None,
-    rec: Recorder,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Eigenvalues, eigenvectors, Omega^T H Omega and the shift used."""
     n = op.shape[0]
     eps = torch.finfo(op.dtype).eps
-    Om = _orth(gaussian(op, d, gen).to(wd))
+    Om = orth(gaussian(op, d, gen).to(wd))
     for _ in range(power_steps):
-        Om = _orth(_mul(op, Om))
+        Om = orth(mul(op, Om))
     Om = Om.to(op.dtype).to(wd)  # the test matrix actually multiplied
-    Y = _mul(op, Om)
+    Y = mul(op, Om)
     B0 = Om.T @ Y
     B0 = (B0 + B0.T) / 2
     b_min = float(torch.linalg.eigvalsh(B0)[0])
@@ -219,7 +203,7 @@ def _nystrom(
         # Ritz values of B0 also bound it from above), with a 10% margin.
         sigma = 0.0
         if b_min < -100 * math.sqrt(n) * eps * scale:
-            bottom = min(b_min, _bottom_estimate(op, gen, SHIFT_LANCZOS_STEPS))
+            bottom = min(b_min, lowest_eigenvalue_estimate(op, gen, SHIFT_LANCZOS_STEPS))
             sigma = -1.1 * bottom
     else:
         sigma = float(shift)

@@ -1,74 +1,30 @@
-"""Stochastic trace estimators with standard errors, and per-block traces.
+"""Stochastic trace estimates with standard errors, and per-block traces: `trace`.
 
-Three estimators, all built on block products (`matmat`):
-
-- ``"hutchinson"``: the Girard-Hutchinson estimator (Girard 1989, Hutchinson
-  1989) with Rademacher probes, mean of ``z^T H z``.
-- ``"hutch++"``: Hutch++ (Meyer, Musco, Musco, Woodruff 2021, "Hutch++:
-  Optimal stochastic trace estimation", SOSA). A third of the budget finds a
-  range basis Q = orth(H S), a third computes tr(Q^T H Q) exactly, the rest
-  estimates the trace of the deflated remainder (I - QQ^T) H (I - QQ^T) with
-  Hutchinson.
-- ``"xtrace"``: XTrace (Epperly, Tropp, Webber 2024, "XTrace: making the most of
-  every sample in stochastic trace estimation", SIAM J. Matrix Anal. Appl.).
-  Every probe is used both for the range basis and, left out of it, as a
-  Hutchinson probe of the deflated remainder (the exchangeable leave-one-out
-  design); probes are uniform on the sphere of radius sqrt(n) and the
-  remainder's probe is renormalized (the paper's "improved" variant).
-
-Each estimator returns a standard error: for Hutchinson and Hutch++ the
-sample standard deviation of the independent Hutchinson samples over the
-square root of their number (Hutch++'s low-rank part is exact given Q, and
-the remainder's estimate is unbiased given Q, so this is its whole error);
-for XTrace the paper's estimate std(tr_i) / sqrt(m) over the leave-one-out
-estimates tr_i, which are not independent: it is known to under-report the
-error, so read it as a scale, not a guarantee.
+The estimators (Hutchinson, Hutch++, XTrace; with their papers, standard
+errors and the per-block decomposition) live in `trace_estimators`; this
+module checks the call, splits the budget, runs the estimator a block of
+probes at a time in a run context (seed, record, checkpoint) and decides when
+to stop.
 
 Stopping: a fixed budget (`num_matvecs`), or `rtol` on the standard error
 (stderr <= rtol * |estimate|, tested only after at least 10 probes, capped by
 `max_matvecs`). PyHessian stops when two consecutive running means agree to
 0.1%, which says nothing about the variance; that rule is not offered.
-
-Per-block traces (`blocks`, e.g. a Hessian operator's parameter slices) come
-from the same probes. Each estimator writes its estimate as a sum over
-coordinates, ``estimate = sum_k c_k``, where each block's sum of the c_k is
-an unbiased estimate of that block's trace tr(P_l H) (P_l the coordinate
-projection). So blocks that partition the coordinates sum exactly to the
-total. For Hutchinson c = z * (H z). For Hutch++ and XTrace, with P = Q Q^T
-the (leave-one-out) projector and B = (I - P) H (I - P),
-
-    tr(P_l H) = tr(P_l (2 H P - P H P)) + tr(P_l B),
-
-whose first part is read off exactly from Q and H Q (diag(H P) = diag(P H)
-for symmetric H), and whose second part is estimated with the deflated probe
-r = (I - P) w as ``r * (B r)`` (times XTrace's normalization).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
-from hessian_spectra.algorithms._common import (
-    Callback,
-    Recorder,
-    gaussian,
-    rademacher,
-    resolve_seed,
-)
-from hessian_spectra.checkpoint import (
-    generator_state,
-    guarded,
-    open_run,
-    resolve_resumed_seed,
-    tensor_digest,
-)
-from hessian_spectra.operators.base import LinearOperator, as_operator
+from hessian_spectra.algorithms._run import Callback, RunContext
+from hessian_spectra.algorithms.trace_estimators import ESTIMATORS, Estimator, HutchPlusPlus
+from hessian_spectra.history import ESTIMATE, PROBES, STDERR
+from hessian_spectra.operators.base import LinearOperator, as_operator, digest
 from hessian_spectra.results import TraceResult
 
 Method = Literal["hutchinson", "hutch++", "xtrace"]
@@ -77,11 +33,6 @@ BlockIndex = slice | torch.Tensor | Sequence[int] | np.ndarray
 METHODS = ("hutchinson", "hutch++", "xtrace")
 DEFAULT_NUM_MATVECS = 100
 MIN_PROBES_FOR_RTOL = 10
-
-
-def _work_dtype(op: LinearOperator) -> torch.dtype:
-    """The dtype of the small dense algebra: float64 except where a device lacks it."""
-    return torch.float32 if op.device.type == "mps" else torch.float64
 
 
 def _as_blocks(
@@ -126,326 +77,8 @@ def _block_size(idx: slice | torch.Tensor) -> int:
     return int(idx.stop - idx.start) if isinstance(idx, slice) else int(idx.numel())
 
 
-def _block_sums(C: torch.Tensor, blocks: Mapping[str, slice | torch.Tensor]) -> torch.Tensor:
-    """(num_blocks, b): each block's column sums of the per-coordinate terms C (n, b)."""
-    rows = []
-    for idx in blocks.values():
-        part = C[idx] if isinstance(idx, slice) else C.index_select(0, idx)
-        rows.append(part.sum(0))
-    return torch.stack(rows) if rows else C.new_zeros((0, C.shape[1]))
-
-
-def _std_err(x: torch.Tensor) -> torch.Tensor:
-    """Sample standard deviation (ddof=1) over the last axis over sqrt(count); NaN below 2."""
-    m = x.shape[-1]
-    if m < 2:
-        return torch.full(x.shape[:-1], float("nan"), dtype=x.dtype, device=x.device)
-    return x.std(dim=-1, unbiased=True) / math.sqrt(m)
-
-
-def _orth(Y: torch.Tensor) -> torch.Tensor:
-    """An orthonormal basis of the columns of Y (Householder QR, robust to rank loss)."""
-    Q, _ = torch.linalg.qr(Y, mode="reduced")
-    return Q
-
-
-class _Estimator:
-    """Incremental state shared by the three estimators.
-
-    The state is the attributes named in `_STATE`; `state_dict` and
-    `from_state_dict` checkpoint and restore it. `extend` draws probes and
-    multiplies them first, then calls `on_update` (a checkpoint's mark that the
-    state is changing) right before it updates the state.
-    """
-
-    _STATE: tuple[str, ...] = ()
-
-    def __init__(
-        self, op: LinearOperator, gen: torch.Generator, blocks: Mapping[str, slice | torch.Tensor]
-    ) -> None:
-        self.op = op
-        self.gen = gen
-        self.blocks = blocks
-        self.wd = _work_dtype(op)
-        self.on_update: Callable[[], None] | None = None
-
-    def _updating(self) -> None:
-        if self.on_update is not None:
-            self.on_update()
-
-    def state_dict(self) -> dict[str, Any]:
-        """The estimator's sums and bases (for a checkpoint)."""
-        return {name: getattr(self, name) for name in self._STATE}
-
-    @classmethod
-    def from_state_dict(
-        cls,
-        state: Mapping[str, Any],
-        op: LinearOperator,
-        gen: torch.Generator,
-        blocks: Mapping[str, slice | torch.Tensor],
-    ) -> _Estimator:
-        """An estimator continuing from `state_dict` (no product is taken)."""
-        est = cls.__new__(cls)
-        _Estimator.__init__(est, op, gen, blocks)
-        for name in cls._STATE:
-            value = state[name]
-            if isinstance(value, torch.Tensor):
-                value = value.to(op.device)
-            elif isinstance(value, list):
-                value = [v.to(op.device) for v in value]
-            setattr(est, name, value)
-        return est
-
-    def mul(self, V: torch.Tensor) -> torch.Tensor:
-        """H V in the work dtype, the product taken in the operator's dtype."""
-        return self.op.matmat(V.to(self.op.dtype)).to(self.wd)
-
-    @property
-    def probes(self) -> int:
-        raise NotImplementedError
-
-    def summary(
-        self,
-    ) -> tuple[float, float, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(estimate, stderr, samples, block estimates, block stderrs)."""
-        raise NotImplementedError
-
-
-class _Hutchinson(_Estimator):
-    """z^T H z over Rademacher z; per-block z_l . (H z)_l."""
-
-    _STATE = ("samples", "block_samples")
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.samples: list[torch.Tensor] = []
-        self.block_samples: list[torch.Tensor] = []
-
-    @property
-    def probes(self) -> int:
-        return sum(int(s.numel()) for s in self.samples)
-
-    def extend(self, b: int) -> None:
-        Z = rademacher(self.op, b, self.gen)
-        HZ = self.mul(Z)
-        C = Z.to(self.wd) * HZ
-        self._updating()
-        self.samples.append(C.sum(0))
-        if self.blocks:
-            self.block_samples.append(_block_sums(C, self.blocks))
-
-    def summary(
-        self,
-    ) -> tuple[float, float, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        x = torch.cat(self.samples)
-        be = bs = None
-        if self.blocks:
-            xb = torch.cat(self.block_samples, dim=1)
-            be, bs = xb.mean(1), _std_err(xb)
-        return float(x.mean()), float(_std_err(x)), x, be, bs
-
-
-class _HutchPlusPlus(_Estimator):
-    """tr(Q^T H Q) exactly, plus Hutchinson on (I - QQ^T) H (I - QQ^T)."""
-
-    _STATE = ("Q", "lowrank", "block_lowrank", "samples", "block_samples")
-
-    def __init__(self, *args: Any, rank: int) -> None:
-        super().__init__(*args)
-        S = rademacher(self.op, rank, self.gen)
-        self.Q = _orth(self.mul(S))
-        Z = self.mul(self.Q)
-        C = self.Q.T @ Z
-        C = (C + C.T) / 2
-        self.lowrank = float(torch.trace(C))
-        self.block_lowrank: torch.Tensor | None = None
-        if self.blocks:
-            # diag(2 H P - P H P) with P = QQ^T, per coordinate.
-            d = 2 * (self.Q * Z).sum(1) - ((self.Q @ C) * self.Q).sum(1)
-            self.block_lowrank = _block_sums(d[:, None], self.blocks)[:, 0]
-        self.samples: list[torch.Tensor] = []
-        self.block_samples: list[torch.Tensor] = []
-
-    @property
-    def probes(self) -> int:
-        return sum(int(s.numel()) for s in self.samples)
-
-    def extend(self, b: int) -> None:
-        G = rademacher(self.op, b, self.gen).to(self.wd)
-        Gp = G - self.Q @ (self.Q.T @ G)
-        HGp = self.mul(Gp)
-        BG = HGp - self.Q @ (self.Q.T @ HGp)
-        C = Gp * BG
-        self._updating()
-        self.samples.append(C.sum(0))
-        if self.blocks:
-            self.block_samples.append(_block_sums(C, self.blocks))
-
-    def summary(
-        self,
-    ) -> tuple[float, float, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        x = torch.cat(self.samples)
-        be = bs = None
-        if self.blocks:
-            assert self.block_lowrank is not None
-            xb = torch.cat(self.block_samples, dim=1)
-            be, bs = self.block_lowrank + xb.mean(1), _std_err(xb)
-        return self.lowrank + float(x.mean()), float(_std_err(x)), x, be, bs
-
-
-class _XTrace(_Estimator):
-    """The exchangeable leave-one-out estimator, grown a block of probes at a time.
-
-    Q is extended by block Gram-Schmidt (twice) so its earlier columns never
-    change and Z = H Q only needs the new columns: each probe costs two
-    products, whether the run is one block or many.
-    """
-
-    _STATE = ("Om", "Y", "Q", "Z", "R")
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        n = self.op.shape[0]
-        wd, dev = self.wd, self.op.device
-        self.Om = torch.empty((n, 0), dtype=wd, device=dev)
-        self.Y = torch.empty((n, 0), dtype=wd, device=dev)
-        self.Q = torch.empty((n, 0), dtype=wd, device=dev)
-        self.Z = torch.empty((n, 0), dtype=wd, device=dev)
-        self.R = torch.empty((0, 0), dtype=wd, device=dev)
-
-    @property
-    def probes(self) -> int:
-        return int(self.Om.shape[1])
-
-    def extend(self, b: int) -> None:
-        n = self.op.shape[0]
-        W = gaussian(self.op, b, self.gen).to(self.wd)
-        W = W * (math.sqrt(n) / torch.linalg.vector_norm(W, dim=0))
-        # The probe actually multiplied (rounded to the operator's dtype).
-        W = W.to(self.op.dtype).to(self.wd)
-        Yb = self.mul(W)
-        m = self.probes
-        R12 = torch.zeros((m, b), dtype=self.wd, device=self.Y.device)
-        Yp = Yb
-        for _ in range(2):
-            coef = self.Q.T @ Yp
-            Yp = Yp - self.Q @ coef
-            R12 = R12 + coef
-        Qb, R22 = torch.linalg.qr(Yp, mode="reduced")
-        Zb = self.mul(Qb)
-        R = torch.zeros((m + b, m + b), dtype=self.wd, device=self.Y.device)
-        R[:m, :m] = self.R
-        R[:m, m:] = R12
-        R[m:, m:] = R22
-        self._updating()
-        self.R = R
-        self.Om = torch.cat([self.Om, W], 1)
-        self.Y = torch.cat([self.Y, Yb], 1)
-        self.Q = torch.cat([self.Q, Qb], 1)
-        self.Z = torch.cat([self.Z, Zb], 1)
-
-    def _captures_range(self, C: torch.Tensor) -> bool:
-        """Whether Y = H Omega lost rank because range(Q) already holds H's range.
-
-        Both must hold: a diagonal entry of R at rounding level, and Q (numerically)
-        invariant, ||H Q - Q C|| at rounding level. An ill-conditioned R alone (a
-        steeply decaying spectrum in low precision) is not enough: the
-        leave-one-out formulas stay valid for it.
-        """
-        d = self.R.diagonal().abs()
-        eps = torch.finfo(self.op.dtype).eps
-        if not d.numel() or bool(d.min() > 1e3 * eps * d.max()):
-            return False
-        leak = torch.linalg.matrix_norm(self.Z - self.Q @ C)
-        return bool(leak <= 1e3 * eps * torch.linalg.matrix_norm(self.Z))
-
-    def summary(
-        self,
-    ) -> tuple[float, float, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        Q, Z, Om, Y, R = self.Q, self.Z, self.Om, self.Y, self.R
-        n, m = Om.shape
-        C = Q.T @ Z
-        C = (C + C.T) / 2
-        trC = torch.trace(C)
-        if self._captures_range(C):
-            # Y = H Omega has lost rank: range(Q) holds H's whole range (up to
-            # rounding), so tr(Q^T H Q) is the trace and no probe is left over.
-            x = trC.repeat(m)
-            be = bs = None
-            if self.blocks:
-                d = 2 * (Q * Z).sum(1) - ((Q @ C) * Q).sum(1)
-                be = _block_sums(d[:, None], self.blocks)[:, 0]
-                bs = torch.zeros_like(be)
-            return float(trC), 0.0, x, be, bs
-        # Leave-one-out projector P_i = Q (I - s_i s_i^T) Q^T spans H Omega_{-i}:
-        # s_i is the normalized i-th column of R^{-T}, orthogonal to R e_j, j != i.
-        eye = torch.eye(m, dtype=R.dtype, device=R.device)
-        S = torch.linalg.solve_triangular(R, eye, upper=True).T
-        S = S / torch.linalg.vector_norm(S, dim=0)
-        if not bool(torch.isfinite(S).all()):
-            raise ValueError(
-                "xtrace: the products H w of the probes are linearly dependent but do not "
-                "span an invariant subspace (R is singular); use method='hutch++' or "
-                "'hutchinson' for this operator"
-            )
-        W = Q.T @ Om  # Q^T w_i
-        T = Z.T @ Om  # Q^T H w_i
-        CS, CW = C @ S, C @ W
-        a = (S * W).sum(0)  # s_i . W_i
-        sCs = (S * CS).sum(0)
-        # r_i = (I - P_i) w_i; r_i^T H r_i from small matrices only.
-        wHw = (Om * Y).sum(0)
-        rHr = (
-            wHw
-            - 2 * (T * W).sum(0)
-            + 2 * (S * T).sum(0) * a
-            + (W * CW).sum(0)
-            - 2 * a * (S * CW).sum(0)
-            + a * a * sCs
-        )
-        rr = (Om * Om).sum(0) - (W * W).sum(0) + a * a
-        scale = (n - m + 1) / rr
-        x = trC - sCs + scale * rHr
-        be = bs = None
-        if self.blocks:
-            xb = self._block_terms(S, W, C, a, sCs, scale)
-            be, bs = xb.mean(1), _std_err(xb)
-        return float(x.mean()), float(_std_err(x)), x, be, bs
-
-    def _block_terms(
-        self,
-        S: torch.Tensor,
-        W: torch.Tensor,
-        C: torch.Tensor,
-        a: torch.Tensor,
-        sCs: torch.Tensor,
-        scale: torch.Tensor,
-    ) -> torch.Tensor:
-        """(num_blocks, m): each block's share of each leave-one-out estimate tr_i."""
-        Q, Z, Om, Y = self.Q, self.Z, self.Om, self.Y
-        m = Om.shape[1]
-        dQZ = (Q * Z).sum(1, keepdim=True)
-        dQCQ = ((Q @ C) * Q).sum(1, keepdim=True)
-        out = []
-        chunk = max(1, min(m, 2**22 // max(1, Q.shape[0])))
-        for lo in range(0, m, chunk):
-            sl = slice(lo, min(m, lo + chunk))
-            Si, Wi, ai = S[:, sl], W[:, sl], a[sl]
-            QS, ZS = Q @ Si, Z @ Si
-            QCS = Q @ (C @ Si)
-            # diag(2 H P_i - P_i H P_i), per coordinate.
-            low = 2 * (dQZ - ZS * QS) - (dQCQ - 2 * QS * QCS + sCs[sl] * QS * QS)
-            r = Om[:, sl] - Q @ Wi + ai * QS
-            h = Y[:, sl] - Z @ Wi + ai * ZS  # H r_i
-            g = Q.T @ h
-            Bh = h - Q @ g + (Si * g).sum(0) * QS  # (I - P_i) H r_i
-            out.append(_block_sums(low + scale[sl] * r * Bh, self.blocks))
-        return torch.cat(out, dim=1)
-
-
 def trace(
-    op: Any,
+    op: LinearOperator | torch.Tensor | np.ndarray,
     *,
     method: Method = "xtrace",
     num_matvecs: int | None = None,
@@ -521,28 +154,97 @@ def trace(
     if num_matvecs is not None and num_matvecs < 1:
         raise ValueError(f"num_matvecs must be positive, got {num_matvecs}")
     bl = _as_blocks(blocks, n, op.device)
-    run = open_run(
-        checkpoint,
-        f"trace/{method}",
-        lambda: {
+    rank, max_probes = _plan(method, budget, adaptive, block_size, n)
+    ctx = RunContext(
+        op,
+        f"trace ({method})",
+        seed=seed,
+        total=budget,
+        progress=progress,
+        callback=callback,
+        checkpoint=checkpoint,
+        kind=f"trace/{method}",
+        fingerprint=lambda: {
             **op.fingerprint(),
             "num_matvecs": num_matvecs,
             "rtol": rtol,
             "max_matvecs": max_matvecs if adaptive else None,
             "block_size": block_size,
             "blocks": {
-                name: [idx.start, idx.stop] if isinstance(idx, slice) else tensor_digest(idx)
+                name: [idx.start, idx.stop] if isinstance(idx, slice) else digest(idx)
                 for name, idx in bl.items()
             },
         },
-        every=checkpoint_every,
+        checkpoint_every=checkpoint_every,
         resume=resume,
     )
-    seed, gen = resolve_seed(resolve_resumed_seed(seed, run), op)
-    if run is not None:
-        run.extra["seed"] = seed
+    settings = {
+        "method": method,
+        "num_matvecs": num_matvecs,
+        "rtol": rtol,
+        "max_matvecs": max_matvecs if adaptive else None,
+        "block_size": block_size,
+        "blocks": list(bl),
+    }
+    est: Estimator
+    converged: bool | None = None
+    with ctx:
+        if ctx.saved is not None:
+            est = ESTIMATORS[method].from_state_dict(ctx.saved["estimator"], op, ctx.generator, bl)
+        elif method == "hutch++":
+            est = HutchPlusPlus(op, ctx.generator, bl, rank=rank)
+        else:
+            est = ESTIMATORS[method](op, ctx.generator, bl)
+        if ctx.checkpoint is not None:
+            est.on_update = ctx.dirty
+        ctx.track(lambda: {"estimator": est.state_dict()})
+        # a resumed run first re-takes the stopping tests of its last recorded block
+        resuming = ctx.resumed and est.probes > 0
+        while True:
+            if resuming:
+                resuming = False
+                value, err, samples, be, bs = est.summary()
+                stop = False
+            else:
+                b = min(block_size, max_probes - est.probes)
+                est.extend(b)
+                value, err, samples, be, bs = est.summary()
+                stop = ctx.record(
+                    {ESTIMATE: value, STDERR: err, PROBES: est.probes},
+                    postfix=f"{value:.4g} +- {err:.2g}",
+                )
+            if adaptive:
+                assert rtol is not None
+                converged = est.probes >= MIN_PROBES_FOR_RTOL and err <= rtol * abs(value)
+                if converged:
+                    break
+            if stop or est.probes >= max_probes:
+                break
+        seconds = ctx.seconds
+        used = ctx.matvecs
+        history = ctx.history
+        all_settings = ctx.settings(**settings)
 
-    # How many products the sketch part takes and how many probes follow.
+    names = list(bl)
+    return TraceResult(
+        estimate=value,
+        stderr=err,
+        samples=samples.detach().cpu().numpy(),
+        block_estimates=None if be is None else dict(zip(names, be.tolist(), strict=True)),
+        block_stderrs=None if bs is None else dict(zip(names, bs.tolist(), strict=True)),
+        block_sizes=None if be is None else {k: _block_size(v) for k, v in bl.items()},
+        method=method,
+        converged=converged,
+        num_matvecs=used,
+        seconds=seconds,
+        history=history,
+        seed=ctx.seed,
+        settings=all_settings,
+    )
+
+
+def _plan(method: str, budget: int, adaptive: bool, block_size: int, n: int) -> tuple[int, int]:
+    """How many directions Hutch++ sketches (0 for the others) and the most probes that follow."""
     rank = 0
     if method == "hutch++":
         if adaptive:
@@ -558,8 +260,8 @@ def trace(
                 f"hutch++ would sketch {rank} >= n={n} directions; for so small an operator "
                 "compute the trace exactly, or lower num_matvecs"
             )
-        max_probes = budget - 2 * rank
-    elif method == "xtrace":
+        return rank, budget - 2 * rank
+    if method == "xtrace":
         max_probes = budget // 2
         if adaptive:
             max_probes = min(max_probes, n - 1)  # the cap, not a request
@@ -570,95 +272,5 @@ def trace(
                 f"xtrace would use {max_probes} >= n={n} probes; for so small an operator "
                 "compute the trace exactly, or lower num_matvecs"
             )
-    else:
-        max_probes = budget
-
-    settings = {
-        "method": method,
-        "num_matvecs": num_matvecs,
-        "rtol": rtol,
-        "max_matvecs": max_matvecs if adaptive else None,
-        "block_size": block_size,
-        "blocks": list(bl),
-    }
-    est: Any
-    converged: bool | None = None
-    kinds: dict[str, type[_Estimator]] = {
-        "hutchinson": _Hutchinson,
-        "hutch++": _HutchPlusPlus,
-        "xtrace": _XTrace,
-    }
-    with (
-        guarded(run),
-        Recorder(
-            op, f"trace ({method})", total=budget, progress=progress, callback=callback
-        ) as rec,
-    ):
-        if run is not None and run.state is not None:
-            est = kinds[method].from_state_dict(run.state["estimator"], op, gen, bl)
-            rec.load_state_dict(run.state["recorder"])
-            gen.set_state(run.state["generator"])
-        elif method == "hutchinson":
-            est = _Hutchinson(op, gen, bl)
-        elif method == "hutch++":
-            est = _HutchPlusPlus(op, gen, bl, rank=rank)
-        else:
-            est = _XTrace(op, gen, bl)
-        if run is not None:
-            est.on_update = run.dirty
-            rec.on_record = run.boundary
-            run.bind(
-                state=lambda: {"estimator": est.state_dict()},
-                snapshot=lambda: {
-                    "recorder": rec.state_dict(),
-                    "generator": generator_state(gen),
-                },
-            )
-            run.boundary(periodic=False)
-        # a resumed run first re-takes the stopping tests of its last recorded block
-        resuming = run is not None and run.resumed and est.probes > 0
-        while True:
-            if resuming:
-                resuming = False
-                value, err, samples, be, bs = est.summary()
-                stop = False
-            else:
-                b = min(block_size, max_probes - est.probes)
-                est.extend(b)
-                value, err, samples, be, bs = est.summary()
-                stop = rec.record(
-                    postfix=f"{value:.4g} +- {err:.2g}",
-                    estimate=value,
-                    stderr=err,
-                    probes=est.probes,
-                )
-            if adaptive:
-                assert rtol is not None
-                converged = est.probes >= MIN_PROBES_FOR_RTOL and err <= rtol * abs(value)
-                if converged:
-                    break
-            if stop or est.probes >= max_probes:
-                break
-        seconds = rec.seconds
-        used = rec.matvecs
-        history = rec.history
-        all_settings = rec.settings(**settings)
-    if run is not None:
-        run.finish()
-
-    names = list(bl)
-    return TraceResult(
-        estimate=value,
-        stderr=err,
-        samples=samples.detach().cpu().numpy(),
-        block_estimates=None if be is None else dict(zip(names, be.tolist(), strict=True)),
-        block_stderrs=None if bs is None else dict(zip(names, bs.tolist(), strict=True)),
-        block_sizes=None if be is None else {k: _block_size(v) for k, v in bl.items()},
-        method=method,
-        converged=converged,
-        num_matvecs=used,
-        seconds=seconds,
-        history=history,
-        seed=seed,
-        settings=all_settings,
-    )
+        return rank, max_probes
+    return rank, budget

@@ -1,4 +1,4 @@
-"""Block Lanczos on `matmat`, with deflation, thick restart and locking.
+"""``eigsh(method="block")``: block Lanczos on `matmat`, with deflation, thick restart and locking.
 
 Block Lanczos (Golub and Underwood 1977; Cullum and Donath 1974) builds an
 orthonormal basis of the block Krylov space span{V, H V, H^2 V, ...} of an
@@ -20,30 +20,34 @@ the block keeps its size. When the basis is full, a thick restart (Wu and Simon
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.linalg
 import torch
 
-from hessian_spectra.algorithms._common import Recorder, gaussian
-from hessian_spectra.algorithms.eigsh import (
+from hessian_spectra.algorithms._linalg import gaussian
+from hessian_spectra.algorithms._run import RunContext
+from hessian_spectra.algorithms.eigen._ritz import (
+    EigenProblem,
     RawPairs,
+    Solver,
     error_estimates,
-    priority,
-    select,
+    restart_choice,
     thresholds,
 )
+from hessian_spectra.history import (
+    ALL_RESIDUALS,
+    ALL_RITZ_VALUES,
+    BASIS_SIZE,
+    BLOCK,
+    NUM_CONVERGED,
+    RESIDUALS,
+    RESTARTS,
+    RITZ_VALUES,
+)
 from hessian_spectra.operators.base import LinearOperator
-
-
-def rayleigh_ritz(Q: torch.Tensor, HQ: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Ritz values (ascending) and coefficient vectors of an orthonormal basis Q given H Q.
-
-    Uses the symmetrized projection Q^T H Q in float64 and `scipy.linalg.eigh`.
-    """
-    T = (Q.T @ HQ).double().cpu().numpy()
-    T = (T + T.T) / 2
-    theta, S = scipy.linalg.eigh(T)
-    return theta, S
+from hessian_spectra.results import select
 
 
 class BlockLanczosState:
@@ -236,21 +240,11 @@ class BlockLanczosState:
         return float(G.abs().max())
 
 
-def block_lanczos_eigsh(
-    op: LinearOperator,
-    k: int,
-    which: str,
-    tol: float,
-    max_matvecs: int,
-    basis_cap: int,
-    block_size: int,
-    V0: torch.Tensor | None,
-    generator: torch.Generator,
-    rec: Recorder,
-) -> RawPairs:
+def block_lanczos_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
     """Drive `BlockLanczosState` until the k wanted pairs converge (see `eigsh`)."""
+    op, k, which, tol = p.op, p.k, p.which, p.tol
     n = op.shape[0]
-    state = BlockLanczosState(op, V0, block_size, basis_cap, generator)
+    state = BlockLanczosState(op, p.v0, p.block_size, p.max_basis, ctx.generator)
     stop_reason = "max_matvecs"
     ortho_loss = 0.0
     while True:
@@ -264,16 +258,18 @@ def block_lanczos_eigsh(
         conv = resid[sel] <= thr[sel]
         nconv = int(conv.sum())
         asc = np.argsort(vals)
-        stop = rec.record(
+        stop = ctx.record(
+            {
+                RITZ_VALUES: vals[sel],
+                RESIDUALS: resid[sel],
+                NUM_CONVERGED: nconv,
+                ALL_RITZ_VALUES: vals[asc],
+                ALL_RESIDUALS: resid[asc],
+                BASIS_SIZE: state.num_locked + state.m,
+                BLOCK: state.br,
+                RESTARTS: state.restarts,
+            },
             postfix=f"{nconv}/{k} converged",
-            ritz_values=vals[sel],
-            residuals=resid[sel],
-            num_converged=nconv,
-            all_ritz_values=vals[asc],
-            all_residuals=resid[asc],
-            basis_size=state.num_locked + state.m,
-            block=state.br,
-            restarts=state.restarts,
         )
         if kk == k and bool(conv.all()):
             stop_reason = "converged"
@@ -281,14 +277,16 @@ def block_lanczos_eigsh(
         if stop:
             stop_reason = "callback"
             break
-        if state.num_matvecs + state.br > max_matvecs:
+        if state.num_matvecs + state.br > p.max_matvecs:
             break
         if state.num_locked + state.m >= n or state.br == 0:
             stop_reason = "exhausted"
             break
         if state.done:
             ortho_loss = max(ortho_loss, state.orthogonality_loss())
-            _restart(state, vals, resid, thr, which, k)
+            free = state.capacity - state.num_locked - state.br
+            keep, lock = restart_choice(vals, resid, thr, which, k, state.num_locked, free, state.b)
+            state.restart(keep, lock)
     ortho_loss = max(ortho_loss, state.orthogonality_loss())
     o = state.num_locked
     Sa = torch.as_tensor(S, dtype=op.dtype, device=op.device)
@@ -310,24 +308,20 @@ def block_lanczos_eigsh(
     )
 
 
-def _restart(
-    state: BlockLanczosState,
-    vals: np.ndarray,
-    resid: np.ndarray,
-    thr: np.ndarray,
-    which: str,
-    k: int,
-) -> None:
-    """Keep the wanted Ritz vectors (locking converged ones) and a buffer of the next ones."""
-    o = state.num_locked
-    order = priority(vals, which)
-    conv = resid <= thr
-    wanted = order[:k]
-    lock_ids = [int(i) - o for i in wanted if i >= o and conv[i]]
-    keep_ids = [int(i) - o for i in wanted if i >= o and not conv[i]]
-    extra = [int(i) - o for i in order[k:] if i >= o]
-    room = state.capacity - (o + len(lock_ids)) - len(keep_ids) - state.br
-    n_extra = max(0, min(len(extra), room // 2, room - state.b))
-    keep = lock_ids + keep_ids + extra[:n_extra]
-    lock = [True] * len(lock_ids) + [False] * (len(keep) - len(lock_ids))
-    state.restart(keep, lock)
+def _min_matvecs(k: int, n: int, block_size: int) -> int:
+    """Whole blocks covering k columns."""
+    b = min(block_size, n)
+    return min(n, b * math.ceil(k / b))
+
+
+def _default_max_basis(k: int, n: int, block_size: int) -> int:
+    """max(3k, k + 4 block_size), at most n."""
+    return min(n, max(3 * k, k + 4 * block_size))
+
+
+SOLVER = Solver(
+    block_lanczos_eigsh,
+    min_matvecs=_min_matvecs,
+    default_max_basis=_default_max_basis,
+    min_basis=lambda k, block_size: k + 2 * block_size,
+)

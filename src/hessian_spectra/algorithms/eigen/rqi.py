@@ -1,4 +1,4 @@
-"""Matrix-free Rayleigh quotient iteration (`refine`) and the sketch-then-refine pipeline.
+"""Matrix-free Rayleigh quotient iteration (`refine`) and ``eigsh(method="rqi")``.
 
 Rayleigh quotient iteration (Lord Rayleigh 1894; Parlett 1974, "The Rayleigh
 quotient iteration and some generalizations for nonnormal matrices") improves
@@ -21,25 +21,27 @@ and Lanczos is cheaper (see benchmarks/topk.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from hessian_spectra.algorithms._common import Recorder, gaussian
-from hessian_spectra.algorithms.block_lanczos import rayleigh_ritz
-from hessian_spectra.algorithms.eigsh import (
+from hessian_spectra.algorithms._linalg import gaussian, range_finder
+from hessian_spectra.algorithms._run import Callback, Recorder, RunContext
+from hessian_spectra.algorithms.eigen._ritz import (
+    EigenProblem,
     RawPairs,
+    Solver,
     error_estimates,
-    priority,
-    rqi_sketch_size,
+    rayleigh_ritz,
     thresholds,
 )
-from hessian_spectra.algorithms.power import ritz_extremes
-from hessian_spectra.operators.base import LinearOperator, as_operator
-from hessian_spectra.results import EigshResult
+from hessian_spectra.algorithms.lanczos import ritz_extremes
+from hessian_spectra.history import OUTER, PAIR, PHASE, RESIDUALS, RITZ_VALUES, SKETCH_SIZE
+from hessian_spectra.operators.base import LinearOperator, ShiftedOperator, as_operator
+from hessian_spectra.results import EigshResult, priority
 
 INNER_RTOL = 1e-2
 INNER_MAXITER = 100
@@ -235,11 +237,13 @@ def _refine_pairs(
             thr, _, _ = thresholds(np.array([theta]), tol, op.dtype, scale, true_residuals=True)
             conv = best[2] <= float(thr[0])
             user_stop = rec.record(
+                {
+                    RITZ_VALUES: [*state.values[:i], theta],
+                    RESIDUALS: [*state.residuals[:i], res],
+                    PAIR: i,
+                    OUTER: int(state.outer[i]),
+                },
                 postfix=f"pair {i + 1}/{k}",
-                ritz_values=[*state.values[:i], theta],
-                residuals=[*state.residuals[:i], res],
-                pair=i,
-                outer=int(state.outer[i]),
             )
             left = cap - (state.num_matvecs - start)
             if conv or user_stop or left < 2 or stall >= STALL:
@@ -306,7 +310,7 @@ def refine(
     *,
     tol: float = 1e-6,
     max_matvecs: int | None = None,
-    callback: Callable[[Mapping[str, Any]], bool | None] | None = None,
+    callback: Callback | None = None,
     progress: bool = False,
 ) -> EigshResult:
     """Polish approximate eigenpairs by matrix-free Rayleigh quotient iteration.
@@ -391,16 +395,12 @@ def refine(
     )
 
 
-def rqi_eigsh(
-    op: LinearOperator,
-    k: int,
-    which: str,
-    tol: float,
-    max_matvecs: int,
-    V0: torch.Tensor | None,
-    generator: torch.Generator,
-    rec: Recorder,
-) -> RawPairs:
+def rqi_sketch_size(k: int, n: int) -> int:
+    """Columns of the range finder that seeds method="rqi": max(2k, k + 10), at most n."""
+    return min(n, max(2 * k, k + 10))
+
+
+def rqi_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
     """`eigsh(method="rqi")`: a range-finder sketch with Rayleigh-Ritz, then `refine`.
 
     The range finder (Halko, Martinsson and Tropp 2011, with `POWER_STEPS`
@@ -412,6 +412,7 @@ def rqi_eigsh(
     would lift its bulk of near-zero eigenvalues and flatten the spectrum the
     sketch relies on. "LM" and "BE" sketch H itself.
     """
+    op, k, which, tol, generator = p.op, p.k, p.which, p.tol, ctx.generator
     n = op.shape[0]
     s = rqi_sketch_size(k, n)
     before = op.num_matvecs
@@ -421,18 +422,14 @@ def rqi_eigsh(
         lo, hi, _ = ritz_extremes(op, generator)
         scale_hint = max(abs(lo), abs(hi))
         if which == "LA" and lo < 0:
-            S = _shifted(op, -lo, 1.0)
+            S = ShiftedOperator(op, shift=-lo, scale=1.0)
         elif which == "SA":
-            S = _shifted(op, -max(hi, 0.0), -1.0)
+            S = ShiftedOperator(op, shift=-max(hi, 0.0), scale=-1.0)
     Omega = gaussian(op, s, generator)
-    if V0 is not None:
-        c = min(V0.shape[1], s)
-        Omega[:, :c] = V0[:, :c]
-    Y = S.matmat(Omega)
-    for _ in range(POWER_STEPS):
-        Q, _ = torch.linalg.qr(Y)
-        Y = S.matmat(Q)
-    Q, _ = torch.linalg.qr(Y)
+    if p.v0 is not None:
+        c = min(p.v0.shape[1], s)
+        Omega[:, :c] = p.v0[:, :c]
+    Q = range_finder(S, Omega, POWER_STEPS)
     HQ = op.matmat(Q)
     theta, C = rayleigh_ritz(Q, HQ)
     rr_res = torch.linalg.vector_norm(
@@ -440,23 +437,25 @@ def rqi_eigsh(
         - Q @ torch.as_tensor(C * theta, dtype=op.dtype, device=op.device),
         dim=0,
     )
-    rec.record(
+    ctx.record(
+        {
+            RITZ_VALUES: theta[priority(theta, which)[:k]],
+            RESIDUALS: rr_res.double().cpu().numpy()[priority(theta, which)[:k]],
+            PHASE: "sketch",
+            SKETCH_SIZE: s,
+        },
         postfix="sketch",
-        ritz_values=theta[priority(theta, which)[:k]],
-        residuals=rr_res.double().cpu().numpy()[priority(theta, which)[:k]],
-        phase="sketch",
-        sketch_size=s,
     )
     order = priority(theta, which)[:k]
     X = Q @ torch.as_tensor(C[:, order], dtype=op.dtype, device=op.device)
     state = RefineState(theta[order], X)
     state.num_matvecs = op.num_matvecs - before
     scale_hint = max(scale_hint, float(np.abs(theta).max()))
-    reason = _refine_pairs(op, state, tol, max_matvecs, rec, scale_hint)
+    reason = _refine_pairs(op, state, tol, p.max_matvecs, ctx.recorder, scale_hint)
     return _finish(op, state, tol, reason, scale_hint)
 
 
-def _shifted(op: LinearOperator, shift: float, scale: float) -> LinearOperator:
-    from hessian_spectra.operators.base import ShiftedOperator
-
-    return ShiftedOperator(op, shift=shift, scale=scale)
+SOLVER = Solver(
+    rqi_eigsh,
+    min_matvecs=lambda k, n, block_size: 2 * min(n, rqi_sketch_size(k, n)) + 2 * k,
+)

@@ -1,4 +1,4 @@
-"""Deflated power iteration, as PyHessian computes its top eigenvalues, with a residual test.
+"""``eigsh(method="power")``: deflated power iteration as in PyHessian, with a residual test.
 
 PyHessian (Yao, Gholami, Keutzer and Mahoney 2020, `hessian.eigenvalues`) finds
 eigenpair i by power iteration (von Mises 1929) on a random start that is
@@ -21,7 +21,8 @@ outweighs the wanted positive eigenvalues: pair i converges to the top when
 lambda_min) / 2``. Every unit of shift also slows it (the factor is
 ``(lambda_{i+1} - sigma) / (lambda_i - sigma)``), so the shift is the smallest
 that does the job, estimated cheaply: ``sigma = min(theta_min, 0)`` with
-theta_min the smallest Ritz value of 10 Lanczos steps (10 products, once).
+theta_min the smallest Ritz value of 10 Lanczos steps (`ritz_extremes`, 10
+products, once).
 Extreme Ritz values approach the ends of the spectrum first, and sigma meets
 the condition whenever the wanted eigenvalues are non-negative and theta_min
 has reached half of lambda_min; a nearly PSD Hessian (theta_min >= 0) is not
@@ -37,27 +38,18 @@ import math
 import numpy as np
 import torch
 
-from hessian_spectra.algorithms._common import Recorder, gaussian
-from hessian_spectra.algorithms.eigsh import RawPairs, error_estimates, thresholds
-from hessian_spectra.algorithms.lanczos import lanczos
+from hessian_spectra.algorithms._linalg import gaussian
+from hessian_spectra.algorithms._run import RunContext
+from hessian_spectra.algorithms.eigen._ritz import (
+    EigenProblem,
+    RawPairs,
+    Solver,
+    error_estimates,
+    thresholds,
+)
+from hessian_spectra.algorithms.lanczos import ritz_extremes
+from hessian_spectra.history import PAIR, RESIDUALS, RITZ_VALUES, SHIFT, SIDE
 from hessian_spectra.operators.base import LinearOperator, ShiftedOperator
-
-BOUND_STEPS = 10
-
-
-def ritz_extremes(
-    op: LinearOperator, generator: torch.Generator, steps: int = BOUND_STEPS
-) -> tuple[float, float, float]:
-    """Smallest and largest Ritz values of a short Lanczos run, and its last beta.
-
-    Costs `steps` products. The extreme Ritz values lie inside the spectrum and
-    approach its ends fastest.
-    """
-    m = max(1, min(steps, op.shape[0]))
-    v0 = gaussian(op, 1, generator)[:, 0]
-    dec = lanczos(op, v0, m, generator=generator)
-    theta, _ = dec.ritz(eigvals_only=True)
-    return float(theta.min()), float(theta.max()), abs(float(dec.beta[-1]))
 
 
 class PowerState:
@@ -144,19 +136,11 @@ class PowerState:
         self.v = None
 
 
-def power_eigsh(
-    op: LinearOperator,
-    k: int,
-    which: str,
-    tol: float,
-    max_matvecs: int,
-    stop: str,
-    V0: torch.Tensor | None,
-    generator: torch.Generator,
-    rec: Recorder,
-) -> RawPairs:
+def power_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
     """Deflated power iteration for `eigsh(method="power")`."""
-    state = PowerState(op, V0, generator)
+    op, k, which, tol, max_matvecs, stop = p.op, p.k, p.which, p.tol, p.max_matvecs, p.stop
+    generator = ctx.generator
+    state = PowerState(op, p.v0, generator)
     if which == "LM":
         sides = [("LM", k)]
     elif which == "BE":
@@ -199,13 +183,15 @@ def power_eigsh(
                     prev = state.theta_prev
                     conv = prev is not None and abs(theta - prev) / (abs(prev) + 1e-6) < tol
                 state.theta_prev = theta
-                user_stop = rec.record(
+                user_stop = ctx.record(
+                    {
+                        RITZ_VALUES: [*state.values, theta],
+                        RESIDUALS: [*state.residuals, res],
+                        PAIR: len(state.values),
+                        SIDE: side,
+                        SHIFT: state.shift,
+                    },
                     postfix=f"pair {len(state.values) + 1}/{k}",
-                    ritz_values=[*state.values, theta],
-                    residuals=[*state.residuals, res],
-                    pair=len(state.values),
-                    side=side,
-                    shift=state.shift,
                 )
                 if conv or user_stop:
                     break
@@ -243,3 +229,10 @@ def power_eigsh(
         floor=floor,
         true_floor=True,
     )
+
+
+SOLVER = Solver(
+    power_eigsh,
+    min_matvecs=lambda k, n, block_size: 2 * k,
+    stops=("residual", "relative_change"),
+)

@@ -1,0 +1,329 @@
+"""Top-k eigenpairs of a symmetric operator from its products alone: `eigsh`.
+
+This module is the entry point: it checks the call, opens its run context
+(seed, generator, record, checkpoint), hands the checked `EigenProblem` to the
+solver of the chosen method and finishes the pairs it returns (true residuals
+with ``verify``, the orthogonality test, the result order). The solvers live
+beside it, one module each:
+
+- ``"lanczos"`` (`lanczos_driver`): Lanczos (1950) with full
+  reorthogonalization and the thick restart of Wu and Simon (2000). The error
+  estimate ``min(r, r^2 / gap)`` is the Kato-Temple / Parlett quadratic
+  residual bound evaluated with the gap to the nearest other Ritz value; loss
+  of orthogonality beyond semi-orthogonality, ``sqrt(eps)`` (Simon 1984), is
+  reported and voids the convergence claims.
+- ``"block"`` (`block`): block Lanczos, Golub and Underwood 1977.
+- ``"power"`` (`power`): PyHessian's deflated power iteration, Yao et al. 2020.
+- ``"rqi"`` (`rqi`): a range-finder sketch (Halko, Martinsson and Tropp 2011)
+  refined by Rayleigh quotient iteration with MINRES.
+
+A new eigensolver is one module defining a `Solver` and one line in `SOLVERS`
+(and its name in `Method`, for type checkers).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from hessian_spectra.algorithms._run import Callback, RunContext
+from hessian_spectra.algorithms.eigen import block, lanczos_driver, power, rqi
+from hessian_spectra.algorithms.eigen._ritz import (
+    TRUE_RESIDUAL_FLOOR,
+    EigenProblem,
+    RawPairs,
+    Solver,
+    check_v0,
+    error_estimates,
+    orthogonality_threshold,
+    verify_pairs,
+)
+from hessian_spectra.operators.base import LinearOperator, as_operator, digest
+from hessian_spectra.results import WHICH, EigshResult, result_order
+
+Which = Literal["LA", "SA", "LM", "BE"]
+Method = Literal["lanczos", "block", "power", "rqi"]
+Stop = Literal["residual", "relative_change"]
+
+#: method name -> its solver; the first is the default
+SOLVERS: dict[str, Solver] = {
+    "lanczos": lanczos_driver.SOLVER,
+    "block": block.SOLVER,
+    "power": power.SOLVER,
+    "rqi": rqi.SOLVER,
+}
+METHODS = tuple(SOLVERS)
+STOPS = ("residual", "relative_change")
+
+
+def eigsh(
+    op: LinearOperator | torch.Tensor | np.ndarray,
+    k: int,
+    *,
+    which: Which = "LA",
+    method: Method = "lanczos",
+    tol: float = 1e-4,
+    max_matvecs: int | None = None,
+    seed: int | None = None,
+    v0: torch.Tensor | np.ndarray | None = None,
+    block_size: int = 8,
+    verify: bool = False,
+    callback: Callback | None = None,
+    progress: bool = False,
+    max_basis: int | None = None,
+    stop: Stop = "residual",
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    basis_device: torch.device | str | None = None,
+    basis_dtype: torch.dtype | None = None,
+) -> EigshResult:
+    """k eigenpairs of a symmetric operator at one end of its spectrum, from products only.
+
+    A pair counts as converged when its residual ``||H v - theta v||`` is at most
+    ``max(tol * |theta|, floor)``, where ``floor = eps(op.dtype) * max |theta|``:
+    below the floor a residual is rounding noise, so float32 operators and
+    eigenvalues near zero still stop; such pairs are flagged in
+    ``precision_limited``. (Residuals computed from a product, as in power
+    iteration, RQI and ``verify``, carry that product's rounding: their floor is
+    ten times larger.) By the Krylov-Bogoliubov bound a converged Ritz value
+    lies within its residual of an eigenvalue; the error estimate
+    ``min(r, r^2/gap)`` is usually far smaller (it assumes no eigenvalue was
+    missed). Check ``converged``: a run that ran out of products returns its
+    best pairs flagged False rather than raising.
+
+    Single-vector Lanczos cannot see multiplicity: in exact arithmetic the Krylov
+    space of one vector holds one direction of each eigenspace, so a repeated
+    eigenvalue is found once (further copies only from rounding, late). Use
+    ``method="block"`` with ``block_size`` at least the multiplicity to get every
+    copy.
+
+    Args:
+        op: the symmetric operator (or a dense symmetric matrix).
+        k: how many eigenpairs, 1 <= k < n.
+        which: "LA" largest algebraic, "SA" smallest algebraic, "LM" largest
+            magnitude, "BE" both ends (ceil(k/2) largest, floor(k/2) smallest).
+        method: "lanczos" (default), "block" (block Lanczos on `matmat`; finds
+            multiplicities up to `block_size`, and is faster where a block product
+            costs less per column), "power" (PyHessian's deflated power iteration,
+            for comparison; "LM" natively, "LA"/"SA" through a spectral shift found
+            by 10 Lanczos steps) or "rqi" (a range-finder sketch of
+            max(2k, k+10) columns, then `refine`).
+        tol: relative residual tolerance.
+        max_matvecs: the most operator columns to multiply (default
+            max(1000, 100 k)); the run stops there, unconverged pairs flagged
+            (``verify`` adds k). Power iteration and RQI give each pair an equal
+            share; a callback stop returns the pairs they finished so far.
+        seed: seed of the random start (drawn and recorded when None).
+        v0: (n,) starting vector, or (n, b) block (e.g. previous eigenvectors,
+            for a warm start). Lanczos starts from a random Gaussian combination
+            of the columns; block Lanczos uses the columns as its first block
+            (filled with random columns up to `block_size`, or random
+            combinations of them when b > block_size); power iteration starts
+            eigenvector i from column i; "rqi" puts them in its sketch.
+        block_size: block size of method="block".
+        verify: multiply the k returned vectors once more (k products) and report
+            true residuals; convergence is then judged on them.
+        callback: called with each history record; returning True stops the run.
+        progress: show a progress bar counting products.
+        max_basis: the most basis vectors held at once (memory: n * max_basis
+            numbers). When reached, Lanczos and block Lanczos thick-restart,
+            keeping the wanted Ritz vectors and locking converged ones. Default
+            max(3k, k+32) (block: max(3k, k + 4 block_size)).
+        stop: power iteration's rule: "residual" (default, the rule above) or
+            "relative_change" (PyHessian's: two successive Rayleigh quotients
+            within tol relatively, tol=1e-3 in PyHessian; it can stop with a
+            large residual). Other methods accept only "residual".
+        checkpoint: a file to save the run's state to (method="lanczos"): the
+            basis, the tridiagonal (and restart) coefficients, the generator
+            state, the product count and the history, written atomically every
+            `checkpoint_every` steps and when the call is left by an exception
+            (KeyboardInterrupt included) at a consistent point; otherwise the
+            last periodic save stays. The file is removed when the call returns.
+            Only rank 0 of a distributed run writes it.
+        checkpoint_every: steps (products) between saves (default 10).
+        resume: continue the run saved in `checkpoint` (start afresh when the
+            file does not exist, so a job that may be preempted can always pass
+            it). The continued run is the identical computation: the same
+            result, to the bit, as an uninterrupted call with the same
+            arguments. Without it an existing checkpoint file is refused. A
+            file from another computation (other settings, operator size or
+            seed), a truncated or a foreign file raise `CheckpointError`.
+        basis_device: where the Lanczos basis is kept (method="lanczos"), e.g.
+            "cpu" while the operator runs on a GPU (default: the operator's device).
+        basis_dtype: the Lanczos basis's dtype, e.g. torch.float32 under a
+            float64 operator (default: the operator's). The basis memory,
+            ``n * (max_basis + 1)`` values, is reported in
+            ``settings["basis_bytes"]``. A lower precision bounds the accuracy
+            of the pairs to about eps(basis_dtype) * ||H||, and convergence is
+            then judged against that dtype's semi-orthogonality.
+
+    Returns:
+        An `EigshResult`: eigenvalues in the order of `which`, eigenvectors (n, k),
+        residuals, converged and precision_limited flags, error estimates, the
+        basis's orthogonality loss, products, seconds, history and seed.
+    """
+    op = as_operator(op)
+    n = op.shape[0]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got k={k}")
+    if k >= n:
+        raise ValueError(
+            f"k={k} must be below the operator size n={n}; for all eigenvalues of a small "
+            "operator form it densely and use numpy.linalg.eigh"
+        )
+    if which not in WHICH:
+        raise ValueError(f"unknown which={which!r}; choose one of {', '.join(WHICH)}")
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method={method!r}; choose one of {', '.join(METHODS)}")
+    solver = SOLVERS[method]
+    if stop not in STOPS:
+        raise ValueError(f"unknown stop={stop!r}; choose 'residual' or 'relative_change'")
+    if stop not in solver.stops:
+        raise ValueError(
+            f"stop={stop!r} is power iteration's rule; method={method!r} stops on residuals "
+            "only: drop stop or pass method='power'"
+        )
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    block_size = int(min(block_size, n))
+    need = solver.min_matvecs(k, n, block_size)
+    if max_matvecs is None:
+        max_matvecs = max(1000, 100 * k, need)
+    elif int(max_matvecs) < need:
+        raise ValueError(
+            f"max_matvecs={max_matvecs} is too small for k={k} with method={method!r}: it "
+            f"needs at least {need} products; raise max_matvecs or pass None"
+        )
+    max_matvecs = int(max_matvecs)
+    if max_basis is not None:
+        floor_basis = solver.min_basis(k, block_size)
+        if int(max_basis) < min(n, floor_basis):
+            raise ValueError(
+                f"max_basis={max_basis} leaves no room to restart with k={k}: pass at least "
+                f"{min(n, floor_basis)} (or None for the default)"
+            )
+        basis_cap = min(n, int(max_basis))
+    else:
+        basis_cap = solver.default_max_basis(k, n, block_size)
+    V0 = check_v0(op, v0)
+    if not solver.checkpoints and (
+        checkpoint is not None or basis_device is not None or basis_dtype is not None
+    ):
+        raise ValueError(
+            f"checkpoint, basis_device and basis_dtype are options of method='lanczos'; "
+            f"method={method!r} does not take them"
+        )
+    if basis_dtype is not None and not (
+        isinstance(basis_dtype, torch.dtype) and basis_dtype.is_floating_point
+    ):
+        raise ValueError(f"basis_dtype must be a floating torch dtype, got {basis_dtype!r}")
+    problem = EigenProblem(
+        op=op,
+        k=k,
+        which=which,
+        tol=float(tol),
+        max_matvecs=max_matvecs,
+        max_basis=basis_cap,
+        block_size=block_size,
+        stop=stop,
+        v0=V0,
+        basis_device=basis_device,
+        basis_dtype=basis_dtype,
+    )
+    ctx = RunContext(
+        op,
+        f"eigsh {method}",
+        seed=seed,
+        total=max_matvecs,
+        progress=progress,
+        callback=callback,
+        checkpoint=checkpoint,
+        kind=f"eigsh/{method}",
+        fingerprint=lambda: {
+            **op.fingerprint(),
+            "k": k,
+            "which": which,
+            "tol": float(tol),
+            "max_matvecs": max_matvecs,
+            "max_basis": basis_cap,
+            "v0": None if V0 is None else digest(V0),
+            "basis_dtype": str(basis_dtype or op.dtype),
+        },
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )
+    with ctx:
+        settings = ctx.settings(
+            k=k,
+            which=which,
+            method=method,
+            tol=float(tol),
+            max_matvecs=max_matvecs,
+            block_size=block_size,
+            max_basis=basis_cap,
+            stop=stop,
+            verify=bool(verify),
+            warm_start=V0 is not None,
+        )
+        raw = solver.solve(problem, ctx)
+        if raw.basis_bytes:
+            settings["basis_bytes"] = raw.basis_bytes
+            settings["basis_device"] = str(basis_device or op.device)
+            settings["basis_dtype"] = str(basis_dtype or op.dtype)
+        verified = bool(verify)
+        if verify:
+            _verify(problem, raw)
+        ortho_dtype = op.dtype
+        if basis_dtype is not None and torch.finfo(basis_dtype).eps > torch.finfo(op.dtype).eps:
+            ortho_dtype = basis_dtype
+        if raw.orthogonality_loss > orthogonality_threshold(ortho_dtype):
+            raw.converged = np.zeros_like(raw.converged, dtype=bool)
+        perm = result_order(raw.values, which)
+        seconds = ctx.seconds
+        num_matvecs = ctx.matvecs
+        history = ctx.history
+    return EigshResult(
+        eigenvalues=np.asarray(raw.values, dtype=np.float64)[perm],
+        eigenvectors=raw.vectors[:, torch.as_tensor(perm, device=raw.vectors.device)],
+        residuals=np.asarray(raw.residuals, dtype=np.float64)[perm],
+        converged=np.asarray(raw.converged, dtype=bool)[perm],
+        error_estimates=np.asarray(raw.error_estimates, dtype=np.float64)[perm],
+        precision_limited=np.asarray(raw.precision_limited, dtype=bool)[perm],
+        orthogonality_loss=float(raw.orthogonality_loss),
+        verified=verified,
+        which=which,
+        method=method,
+        restarts=int(raw.restarts),
+        stop_reason=raw.stop_reason,
+        num_matvecs=num_matvecs,
+        seconds=seconds,
+        history=history,
+        seed=ctx.seed,
+        settings=settings,
+    )
+
+
+def _verify(p: EigenProblem, raw: RawPairs) -> None:
+    """Replace the residuals by true ones (k products) and judge convergence on them."""
+    res_true, _ = verify_pairs(p.op, raw.values, raw.vectors)
+    want = p.tol * np.abs(raw.values)
+    floor = raw.floor * (1.0 if raw.true_floor else TRUE_RESIDUAL_FLOOR)
+    raw.residuals = res_true
+    raw.converged = res_true <= np.maximum(want, floor)
+    raw.precision_limited = want < floor
+    raw.error_estimates = error_estimates(raw.values, res_true, raw.values)
+
+
+__all__ = ["METHODS", "SOLVERS", "Callback", "Method", "Stop", "Which", "eigsh"]
