@@ -15,10 +15,8 @@ from hessian_spectra.experiments import compare_methods as cm
 from hessian_spectra.experiments import main, register
 from hessian_spectra.experiments.compare_methods.config import config_from_args
 from hessian_spectra.experiments.compare_methods.figures import figure3, figure4
-from hessian_spectra.experiments.compare_methods.measures import (
-    pyhessian_trace_rule,
-    reference_spectrum,
-)
+from hessian_spectra.experiments.compare_methods.measures import pyhessian_trace_rule
+from hessian_spectra.experiments.compare_methods.reference import reference_spectrum
 from hessian_spectra.experiments.ghosts import lanczos_ghosts
 from hessian_spectra.experiments.synthetic import STUDY_TOP20, study_like_matrix
 from hessian_spectra.models import digits_cnn, resnet20

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 import hessian_spectra as hs
-
-if TYPE_CHECKING:
-    from hessian_spectra.operators.base import LinearOperator
+from hessian_spectra import history as hkeys
+from hessian_spectra.operators import LinearOperator
 
 
 @dataclass(frozen=True)
@@ -130,8 +129,8 @@ def lanczos_ghosts(
         history.append(
             {
                 "step": proc.num_steps,
-                "matvecs": proc.num_matvecs,
-                "seconds": time.perf_counter() - t0,
+                hkeys.MATVECS: proc.num_matvecs,
+                hkeys.SECONDS: time.perf_counter() - t0,
                 "ritz_top": [float(x) for x in np.sort(theta)[::-1][:k]],
             }
         )

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import NullLocator
 
+from hessian_spectra import history
 from hessian_spectra import plots as hplots
 from hessian_spectra.experiments._io import FIGURE_DPI
 from hessian_spectra.experiments.compare_methods.config import CompareConfig
@@ -109,13 +110,13 @@ def figure5(
     """Wall time per iteration of Lanczos (ours and plain) and of power iteration."""
     fig, (ax1, ax2) = new_figure(10.0, 3.8, ncols=2)
     series = {}
-    hist = [r for r in lanczos_res.history if "seconds" in r]
-    mv = [int(r["matvecs"]) for r in hist]
-    sec = [float(r["seconds"]) for r in hist]
+    hist = [r for r in lanczos_res.history if history.SECONDS in r]
+    mv = [int(r[history.MATVECS]) for r in hist]
+    sec = [float(r[history.SECONDS]) for r in hist]
     series["lanczos (full reorth.)"] = (mv, sec)
     series["plain Lanczos"] = (
-        [r["matvecs"] for r in plain.history],
-        [r["seconds"] for r in plain.history],
+        [r[history.MATVECS] for r in plain.history],
+        [r[history.SECONDS] for r in plain.history],
     )
     for j, (name, (x, y)) in enumerate(series.items()):
         ax1.plot(x, y, marker="o", ms=2, color=f"C{j}", label=name)
