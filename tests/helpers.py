@@ -34,4 +34,6 @@ def dense_op(
     eigenvalues: np.ndarray | Sequence[float], seed: int = 0, dtype: torch.dtype = torch.float64
 ) -> DenseOperator:
     """A `DenseOperator` whose spectrum is exactly `eigenvalues`."""
-    return DenseOperator(matrix_with_spectrum(np.asarray(eigenvalues, dtype=float), seed), dtype=dtype)
+    return DenseOperator(
+        matrix_with_spectrum(np.asarray(eigenvalues, dtype=float), seed), dtype=dtype
+    )

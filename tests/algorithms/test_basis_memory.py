@@ -10,7 +10,7 @@ import hessian_spectra as hs
 from hessian_spectra.algorithms.lanczos import LanczosProcess
 from hessian_spectra.operators.base import DenseOperator
 from tests.algorithms.test_resume_eigsh import Interrupting, assert_identical
-from tests.conftest import matrix_with_spectrum
+from tests.helpers import matrix_with_spectrum
 
 N = 150
 LAM = np.concatenate([np.array([9.0, 7.0, 6.0, 5.5, 5.0]), np.linspace(-2.0, 3.0, N - 5)])

@@ -11,11 +11,7 @@ from hessian_spectra.algorithms.eigen._ritz import rayleigh_ritz
 from hessian_spectra.algorithms.eigen.block import BlockLanczosState
 from hessian_spectra.operators.base import DenseOperator
 from tests.algorithms.test_eigsh import check_pairs, no_ghosts, true_residuals
-from tests.helpers import matrix_with_spectrum
-
-
-def _op(lam, seed=0):
-    return DenseOperator(matrix_with_spectrum(np.asarray(lam, dtype=float), seed))
+from tests.helpers import dense_op, matrix_with_spectrum
 
 
 class CountingOperator(DenseOperator):
@@ -36,7 +32,7 @@ def test_repeated_top_returned_with_its_multiplicity(block_size):
     # vectors returns it three times, where single-vector Lanczos returns 10, 8, 7.
     rng = np.random.default_rng(2)
     lam = np.concatenate([[10.0, 10.0, 10.0, 8.0, 7.0], rng.uniform(0, 5, 295)])
-    op = _op(lam, seed=2)
+    op = dense_op(lam, seed=2)
     res = hs.eigsh(op, 3, method="block", block_size=block_size, tol=1e-8, seed=2)
     check_pairs(op, res, [10.0, 10.0, 10.0], 1e-8)
     no_ghosts(res.eigenvalues, lam)
@@ -50,7 +46,7 @@ def test_well_separated_and_clustered_top():
     rng = np.random.default_rng(1)
     top = np.concatenate([[20.0, 15.0], 10.0 * (1 - 1e-3 * np.arange(8))])
     lam = np.concatenate([top, rng.uniform(0, 5, 390)])
-    op = _op(lam, seed=1)
+    op = dense_op(lam, seed=1)
     res = hs.eigsh(op, 8, method="block", block_size=4, tol=1e-8, seed=1)
     check_pairs(op, res, top[:8], 1e-8)
     no_ghosts(res.eigenvalues, lam)
@@ -65,7 +61,7 @@ def test_indefinite_ends(which, k, expected):
     # n = 300 with a negative end -6, -5, -4.5 and a positive end 7, 6.5, 5.8.
     rng = np.random.default_rng(4)
     lam = np.concatenate([[-6.0, -5.0, -4.5, 7.0, 6.5, 5.8], rng.uniform(-1, 1, 294)])
-    op = _op(lam, seed=4)
+    op = dense_op(lam, seed=4)
     res = hs.eigsh(op, k, which=which, method="block", block_size=4, tol=1e-8, seed=4)
     check_pairs(op, res, expected, 1e-8)
 
@@ -86,7 +82,7 @@ def test_rank_deficient_start_block_is_deflated():
     # dropped and replaced by random ones, so the basis stays orthonormal.
     rng = np.random.default_rng(6)
     lam = np.concatenate([[9.0, 8.0, 7.0], rng.uniform(0, 4, 197)])
-    op = _op(lam, seed=6)
+    op = dense_op(lam, seed=6)
     g = torch.Generator().manual_seed(0)
     X = torch.randn(200, 2, dtype=torch.float64, generator=g)
     V0 = torch.cat([X, 2 * X], dim=1)
@@ -99,7 +95,7 @@ def test_invariant_block_deflates_to_the_exact_spectrum():
     # is deflated; the three non-zero eigenvalues come out exactly.
     lam = np.zeros(50)
     lam[:3] = [3.0, 2.0, 1.0]
-    op = _op(lam, seed=7)
+    op = dense_op(lam, seed=7)
     gen = torch.Generator().manual_seed(0)
     state = BlockLanczosState(op, None, 4, 20, gen)
     state.step()
@@ -118,7 +114,7 @@ def test_thick_restart_matches_unrestarted_run():
     # n = 400, k = 6, block_size 4 and a basis of at most 18 vectors.
     rng = np.random.default_rng(8)
     lam = np.concatenate([[9.0, 8.0, 7.5, 7.0, 6.8, 6.6, 6.0], rng.uniform(0, 5.5, 393)])
-    op = _op(lam, seed=8)
+    op = dense_op(lam, seed=8)
     full = hs.eigsh(op, 6, method="block", block_size=4, tol=1e-10, seed=0, max_basis=400)
     small = hs.eigsh(op, 6, method="block", block_size=4, tol=1e-10, seed=0, max_basis=18)
     assert full.restarts == 0 and small.restarts >= 2
@@ -130,7 +126,7 @@ def test_thick_restart_matches_unrestarted_run():
 def test_reported_residuals_match_with_verify():
     # n = 250, k = 4, block_size 2.
     rng = np.random.default_rng(9)
-    op = _op(np.concatenate([[6.0, 5.0, 4.0, 3.0], rng.uniform(0, 2, 246)]), seed=9)
+    op = dense_op(np.concatenate([[6.0, 5.0, 4.0, 3.0], rng.uniform(0, 2, 246)]), seed=9)
     res = hs.eigsh(op, 4, method="block", block_size=2, tol=1e-6, seed=0, verify=True)
     assert res.verified and res.converged.all()
     np.testing.assert_allclose(res.residuals, true_residuals(op, res), rtol=1e-8, atol=1e-14)
@@ -139,7 +135,7 @@ def test_reported_residuals_match_with_verify():
 def test_callback_stops_after_a_block():
     # n = 200, k = 3, block_size 4: stopping at the second record leaves 8 products.
     rng = np.random.default_rng(10)
-    op = _op(np.concatenate([[6.0, 5.0, 4.0], rng.uniform(0, 2, 197)]), seed=10)
+    op = dense_op(np.concatenate([[6.0, 5.0, 4.0], rng.uniform(0, 2, 197)]), seed=10)
     res = hs.eigsh(
         op, 3, method="block", block_size=4, tol=1e-12, seed=0, callback=lambda r: len(r) > 0
     )

@@ -8,7 +8,7 @@ import pytest
 from hessian_spectra.algorithms.density import density
 from hessian_spectra.operators.base import DenseOperator
 from hessian_spectra.results import DensityResult, load_result
-from tests.conftest import matrix_with_spectrum
+from tests.helpers import matrix_with_spectrum
 
 N = 1000
 

@@ -14,11 +14,7 @@ import hessian_spectra as hs
 from hessian_spectra.algorithms.lanczos import LanczosProcess
 from hessian_spectra.operators.base import DenseOperator
 from hessian_spectra.results import EigshResult
-from tests.conftest import matrix_with_spectrum
-
-
-def _op(lam, seed=0, dtype=torch.float64):
-    return DenseOperator(matrix_with_spectrum(np.asarray(lam, dtype=float), seed), dtype=dtype)
+from tests.helpers import dense_op, matrix_with_spectrum
 
 
 def true_residuals(op, res):
@@ -62,7 +58,7 @@ def test_well_separated_top():
     rng = np.random.default_rng(0)
     top = np.array([10.0, 8.0, 6.0, 4.0, 3.0])
     lam = np.concatenate([top, rng.uniform(0, 1, 295)])
-    op = _op(lam)
+    op = dense_op(lam)
     res = hs.eigsh(op, 5, tol=1e-8, seed=0)
     check_pairs(op, res, top, 1e-8)
     no_ghosts(res.eigenvalues, lam)
@@ -79,7 +75,7 @@ def test_clustered_top_relative_gaps_1e3():
     rng = np.random.default_rng(1)
     cluster = 10.0 * (1 - 1e-3 * np.arange(8))
     lam = np.concatenate([cluster, rng.uniform(0, 5, 392)])
-    op = _op(lam, seed=1)
+    op = dense_op(lam, seed=1)
     res = hs.eigsh(op, 6, tol=1e-8, seed=1)
     check_pairs(op, res, cluster[:6], 1e-8)
     no_ghosts(res.eigenvalues, lam)
@@ -92,7 +88,7 @@ def test_repeated_top_found_once_by_single_vector_lanczos():
     # then the next distinct eigenvalues (documented; method="block" finds all three).
     rng = np.random.default_rng(2)
     lam = np.concatenate([[10.0, 10.0, 10.0, 8.0, 7.0], rng.uniform(0, 5, 295)])
-    op = _op(lam, seed=2)
+    op = dense_op(lam, seed=2)
     res = hs.eigsh(op, 3, tol=1e-8, seed=2)
     assert res.converged.all()
     np.testing.assert_allclose(res.eigenvalues, [10.0, 8.0, 7.0], rtol=1e-8)
@@ -105,7 +101,7 @@ def test_mostly_zero_spectrum_with_cauchy_tail():
     rng = np.random.default_rng(3)
     nonzero = np.abs(rng.standard_t(1, 20))
     lam = np.concatenate([nonzero, np.zeros(380)])
-    op = _op(lam, seed=3)
+    op = dense_op(lam, seed=3)
     res = hs.eigsh(op, 20, tol=1e-8, seed=3)
     expected = np.sort(nonzero)[::-1]
     check_pairs(op, res, expected, 1e-8)
@@ -127,7 +123,7 @@ def test_indefinite_ends(which, k, expected):
     # around a bulk in [-1, 1].
     rng = np.random.default_rng(4)
     lam = np.concatenate([[-6.0, -5.0, -4.5, 7.0, 6.5, 5.8], rng.uniform(-1, 1, 294)])
-    op = _op(lam, seed=4)
+    op = dense_op(lam, seed=4)
     res = hs.eigsh(op, k, which=which, tol=1e-8, seed=4)
     check_pairs(op, res, expected, 1e-8)
     assert res.which == which
@@ -137,7 +133,7 @@ def test_largest_magnitude_order():
     # n = 250, k = 4: LM returns -10, 9, -8, 7 by descending magnitude.
     rng = np.random.default_rng(5)
     lam = np.concatenate([[-10.0, 9.0, -8.0, 7.0], rng.uniform(-2, 2, 246)])
-    op = _op(lam, seed=5)
+    op = dense_op(lam, seed=5)
     res = hs.eigsh(op, 4, which="LM", tol=1e-8, seed=5)
     check_pairs(op, res, [-10.0, 9.0, -8.0, 7.0], 1e-8)
 
@@ -147,7 +143,7 @@ def test_thick_restart_matches_unrestarted_run():
     # and give the same eigenvalues as one long run.
     rng = np.random.default_rng(6)
     lam = np.concatenate([[9.0, 8.0, 7.5, 7.0, 6.8, 6.6, 6.0], rng.uniform(0, 5.5, 393)])
-    op = _op(lam, seed=6)
+    op = dense_op(lam, seed=6)
     full = hs.eigsh(op, 6, tol=1e-10, seed=6, max_basis=400)
     small = hs.eigsh(op, 6, tol=1e-10, seed=6, max_basis=14)
     assert full.restarts == 0 and small.restarts >= 2
@@ -161,7 +157,7 @@ def test_thick_restart_matches_unrestarted_run():
 def test_callback_stops_the_run():
     # n = 200, k = 4: a callback returning True after 7 products stops there.
     rng = np.random.default_rng(7)
-    op = _op(np.concatenate([[5.0, 4.0, 3.0, 2.5], rng.uniform(0, 2, 196)]), seed=7)
+    op = dense_op(np.concatenate([[5.0, 4.0, 3.0, 2.5], rng.uniform(0, 2, 196)]), seed=7)
     seen = []
 
     def cb(rec):
@@ -178,7 +174,7 @@ def test_callback_stops_the_run():
 def test_history_records_every_step():
     # n = 200, k = 3: one record per product with the wanted Ritz values and residuals.
     rng = np.random.default_rng(8)
-    op = _op(np.concatenate([[5.0, 4.0, 3.0], rng.uniform(0, 2, 197)]), seed=8)
+    op = dense_op(np.concatenate([[5.0, 4.0, 3.0], rng.uniform(0, 2, 197)]), seed=8)
     res = hs.eigsh(op, 3, tol=1e-8, seed=0)
     mv = [rec["matvecs"] for rec in res.history]
     assert mv == list(range(1, res.num_matvecs + 1))
@@ -197,7 +193,7 @@ def test_float32_operator_stops_on_precision_floor():
     rng = np.random.default_rng(9)
     top = np.array([10.0, 8.0, 6.0, 5.0])
     lam = np.concatenate([top, rng.uniform(0, 3, 296)])
-    op = _op(lam, seed=9, dtype=torch.float32)
+    op = dense_op(lam, seed=9, dtype=torch.float32)
     res = hs.eigsh(op, 4, tol=1e-12, seed=0, verify=True)
     assert res.stop_reason == "converged" and res.num_matvecs < 150
     assert res.precision_limited.all()
@@ -211,7 +207,7 @@ def test_float32_operator_stops_on_precision_floor():
 def test_float64_default_is_not_precision_limited():
     # n = 200, k = 3, float64 at tol 1e-8: the floor (2e-16 * 5) is far below tol * theta.
     rng = np.random.default_rng(10)
-    op = _op(np.concatenate([[5.0, 4.0, 3.0], rng.uniform(0, 2, 197)]), seed=10)
+    op = dense_op(np.concatenate([[5.0, 4.0, 3.0], rng.uniform(0, 2, 197)]), seed=10)
     res = hs.eigsh(op, 3, tol=1e-8, seed=0)
     assert not res.precision_limited.any()
 
@@ -220,7 +216,7 @@ def test_verify_reports_true_residuals_with_one_block_product():
     # n = 250, k = 5: verify multiplies the 5 vectors once more (5 products).
     rng = np.random.default_rng(11)
     top = np.array([6.0, 5.0, 4.0, 3.5, 3.0])
-    op = _op(np.concatenate([top, rng.uniform(0, 2, 245)]), seed=11)
+    op = dense_op(np.concatenate([top, rng.uniform(0, 2, 245)]), seed=11)
     plain = hs.eigsh(op, 5, tol=1e-6, seed=3)
     op.num_matvecs = 0
     ver = hs.eigsh(op, 5, tol=1e-6, seed=3, verify=True)
@@ -249,7 +245,7 @@ def test_warm_start_from_an_invariant_subspace():
 def test_seed_is_drawn_recorded_and_reproducible():
     # n = 100, k = 2.
     rng = np.random.default_rng(13)
-    op = _op(np.concatenate([[3.0, 2.0], rng.uniform(0, 1, 98)]), seed=13)
+    op = dense_op(np.concatenate([[3.0, 2.0], rng.uniform(0, 1, 98)]), seed=13)
     a = hs.eigsh(op, 2, tol=1e-6)
     assert isinstance(a.seed, int)
     b = hs.eigsh(op, 2, tol=1e-6, seed=a.seed)
@@ -264,7 +260,7 @@ def test_orthogonality_loss_voids_convergence(monkeypatch):
     monkeypatch.setattr(LanczosProcess, "_orthogonalize", lambda self, w, upto: w)
     rng = np.random.default_rng(14)
     lam = np.concatenate([[100.0, 60.0, 40.0], rng.uniform(0, 1, 397)])
-    op = _op(lam, seed=14)
+    op = dense_op(lam, seed=14)
     res = hs.eigsh(op, 3, tol=1e-12, seed=0, max_matvecs=120, max_basis=200)
     assert res.orthogonality_loss > math.sqrt(float(torch.finfo(torch.float64).eps))
     assert not res.converged.any()
@@ -273,7 +269,7 @@ def test_orthogonality_loss_voids_convergence(monkeypatch):
 def test_result_round_trips_through_json(tmp_path):
     # n = 120, k = 3.
     rng = np.random.default_rng(15)
-    op = _op(np.concatenate([[3.0, 2.0, 1.5], rng.uniform(0, 1, 117)]), seed=15)
+    op = dense_op(np.concatenate([[3.0, 2.0, 1.5], rng.uniform(0, 1, 117)]), seed=15)
     res = hs.eigsh(op, 3, tol=1e-8, seed=1)
     path = res.to_json(tmp_path / "top.json")
     back = EigshResult.from_json(path)
@@ -296,7 +292,7 @@ def test_accepts_a_dense_matrix():
 # --------------------------------------------------------------------------- bad input
 @pytest.fixture(scope="module")
 def small_op():
-    return _op(np.arange(1.0, 11.0))  # n = 10
+    return dense_op(np.arange(1.0, 11.0))  # n = 10
 
 
 @pytest.mark.parametrize(
@@ -353,7 +349,7 @@ def test_ritz_values_interlace_and_sit_within_residuals(n, k, which, seed):
     # i-th smallest.
     rng = np.random.default_rng(seed)
     lam = rng.standard_normal(n) * rng.choice([0.1, 1.0, 10.0])
-    op = _op(lam, seed=seed)
+    op = dense_op(lam, seed=seed)
     res = hs.eigsh(op, k, which=which, tol=1e-10, seed=seed)
     scale = float(np.abs(lam).max())
     # locking drops couplings of size <= tol |theta|: the laws hold to that level
@@ -374,7 +370,7 @@ def test_lanczos_process_restart_keeps_the_krylov_relation():
     # and locked plus active vectors stay orthonormal.
     rng = np.random.default_rng(17)
     lam = np.concatenate([[10.0, 9.0, 8.5, 8.0, 7.9], rng.uniform(0, 5, 295)])
-    op = _op(lam, seed=17)
+    op = dense_op(lam, seed=17)
     gen = torch.Generator().manual_seed(0)
     proc = LanczosProcess(op, torch.randn(300, dtype=torch.float64, generator=gen), 15)
     restarts = 0

@@ -3,19 +3,13 @@ import pytest
 import torch
 
 from hessian_spectra.algorithms.lanczos import lanczos
-from hessian_spectra.operators.base import DenseOperator
-
-
-def _op(lam, seed=0, spectrum_matrix=None):
-    from tests.conftest import matrix_with_spectrum
-
-    return DenseOperator(matrix_with_spectrum(np.asarray(lam, dtype=float), seed))
+from tests.helpers import dense_op
 
 
 def test_tridiagonal_is_projection_and_basis_orthonormal():
     # n = 200, 40 steps, full reorthogonalization: Q^T H Q = T and Q^T Q = I.
     lam = np.linspace(-1, 5, 200)
-    op = _op(lam)
+    op = dense_op(lam)
     v0 = torch.randn(200, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     dec = lanczos(op, v0, 40)
     Q = dec.basis
@@ -36,7 +30,7 @@ def test_no_reorth_produces_ghosts_full_does_not():
     # eigenvalue has converged and been duplicated; full reorth has one copy.
     rng = np.random.default_rng(0)
     lam = np.concatenate([[100.0, 60.0, 40.0], rng.uniform(0, 1, 397)])
-    op = _op(lam)
+    op = dense_op(lam)
     v0 = torch.ones(400, dtype=torch.float64)
     plain = lanczos(op, v0, 120, reorth="none", store_basis=False)
     full = lanczos(op, v0, 120, reorth="full")
@@ -54,7 +48,7 @@ def test_breakdown_continues_with_orthogonal_vector():
     # Ritz values still include the three non-zero eigenvalues.
     lam = np.zeros(50)
     lam[:3] = [3.0, 2.0, 1.0]
-    op = _op(lam)
+    op = dense_op(lam)
     v0 = torch.randn(50, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     dec = lanczos(op, v0, 10, generator=torch.Generator().manual_seed(0))
     assert dec.breakdowns, "expected a breakdown on a rank-3 operator"
@@ -65,7 +59,7 @@ def test_breakdown_continues_with_orthogonal_vector():
 
 
 def test_bad_v0_refused():
-    op = _op(np.arange(5.0))
+    op = dense_op(np.arange(5.0))
     with pytest.raises(ValueError, match="non-zero"):
         lanczos(op, torch.zeros(5, dtype=torch.float64), 3)
     with pytest.raises(ValueError, match=r"shape \(5,\)"):

@@ -10,11 +10,7 @@ import hessian_spectra as hs
 from hessian_spectra.algorithms.lanczos import ritz_extremes
 from hessian_spectra.operators.base import DenseOperator
 from tests.algorithms.test_eigsh import true_residuals
-from tests.helpers import matrix_with_spectrum
-
-
-def _op(lam, seed=0):
-    return DenseOperator(matrix_with_spectrum(np.asarray(lam, dtype=float), seed))
+from tests.helpers import dense_op, matrix_with_spectrum
 
 
 def _geometric_top(seed=0):
@@ -22,7 +18,7 @@ def _geometric_top(seed=0):
     rng = np.random.default_rng(seed)
     top = 10.0 * 0.9 ** np.arange(5)
     lam = np.concatenate([top, rng.uniform(0, 0.9 * top[-1], 195)])
-    return _op(lam, seed), top
+    return dense_op(lam, seed), top
 
 
 def test_residual_rule_recovers_top_with_10_percent_gaps():
@@ -65,7 +61,7 @@ def test_algebraic_ends_through_a_spectral_shift(which, expected):
     # H itself cannot tell them apart; on H - aI (or bI - H) it finds the wanted end.
     rng = np.random.default_rng(3)
     lam = np.concatenate([[10.0, 8.5, 7.2, -10.0, -8.5, -7.2], rng.uniform(-6, 6, 194)])
-    op = _op(lam, seed=3)
+    op = dense_op(lam, seed=3)
     res = hs.eigsh(op, 3, which=which, method="power", tol=1e-6, seed=0)
     assert res.converged.all()
     np.testing.assert_allclose(res.eigenvalues, expected, rtol=1e-6)
@@ -79,7 +75,7 @@ def test_both_ends():
     # n = 200, k = 4: "BE" = the two largest, then the two smallest.
     rng = np.random.default_rng(3)
     lam = np.concatenate([[10.0, 8.5, 7.2, -10.0, -8.5, -7.2], rng.uniform(-6, 6, 194)])
-    op = _op(lam, seed=3)
+    op = dense_op(lam, seed=3)
     res = hs.eigsh(op, 4, which="BE", method="power", tol=1e-6, seed=0)
     np.testing.assert_allclose(res.eigenvalues, [10.0, 8.5, -10.0, -8.5], rtol=1e-6)
 
@@ -88,7 +84,7 @@ def test_largest_magnitude_with_mixed_signs():
     # n = 200, k = 3: LM finds -10, 8, -6.4 (gaps of 20%) natively, no shift.
     rng = np.random.default_rng(4)
     lam = np.concatenate([[-10.0, 8.0, -6.4], rng.uniform(-5, 5, 197)])
-    op = _op(lam, seed=4)
+    op = dense_op(lam, seed=4)
     res = hs.eigsh(op, 3, which="LM", method="power", tol=1e-6, seed=0)
     np.testing.assert_allclose(res.eigenvalues, [-10.0, 8.0, -6.4], rtol=1e-6)
     assert all(rec["shift"] == 0.0 for rec in res.history)
@@ -110,7 +106,7 @@ def test_budget_exhausted_pairs_are_flagged():
     # n = 200, k = 3, gaps of 1%: 30 products cannot converge at tol 1e-8.
     rng = np.random.default_rng(6)
     lam = np.concatenate([[10.0, 9.9, 9.8], rng.uniform(0, 9.7, 197)])
-    op = _op(lam, seed=6)
+    op = dense_op(lam, seed=6)
     res = hs.eigsh(op, 3, which="LM", method="power", tol=1e-8, seed=0, max_matvecs=30)
     assert res.num_matvecs == 30
     assert not res.converged.any()
@@ -134,7 +130,7 @@ def test_nearly_psd_operator_is_not_shifted():
     # negative Ritz value, so power iteration runs on H itself (no slow-down).
     rng = np.random.default_rng(7)
     lam = np.concatenate([[10.0, 8.0, 6.4, -1e-3], rng.uniform(0, 5, 196)])
-    op = _op(lam, seed=7)
+    op = dense_op(lam, seed=7)
     res = hs.eigsh(op, 3, which="LA", method="power", tol=1e-6, seed=0)
     np.testing.assert_allclose(res.eigenvalues, [10.0, 8.0, 6.4], rtol=1e-6)
     assert all(rec["shift"] == 0.0 for rec in res.history)
@@ -147,7 +143,7 @@ def test_ritz_extremes_lie_inside_and_near_the_ends(seed):
     # the condition under which the power-iteration shift is enough.
     rng = np.random.default_rng(seed)
     lam = rng.standard_normal(300) * 3
-    op = _op(lam, seed=seed)
+    op = dense_op(lam, seed=seed)
     lo, hi, beta = ritz_extremes(op, torch.Generator().manual_seed(seed))
     assert lam.min() <= lo <= lam.min() / 2
     assert lam.max() / 2 <= hi <= lam.max()

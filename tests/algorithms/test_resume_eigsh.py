@@ -10,7 +10,7 @@ import hessian_spectra as hs
 from hessian_spectra.algorithms.lanczos import LanczosProcess
 from hessian_spectra.checkpoint import CheckpointError, load_checkpoint
 from hessian_spectra.operators.base import DenseOperator
-from tests.conftest import matrix_with_spectrum
+from tests.helpers import matrix_with_spectrum
 
 N = 160
 # slowly decaying top of the spectrum: many thick restarts with max_basis=16

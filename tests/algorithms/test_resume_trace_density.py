@@ -9,7 +9,7 @@ import torch
 import hessian_spectra as hs
 from hessian_spectra.checkpoint import CheckpointError, load_checkpoint
 from tests.algorithms.test_resume_eigsh import Interrupting
-from tests.conftest import matrix_with_spectrum
+from tests.helpers import matrix_with_spectrum
 
 N = 120
 LAM = np.concatenate([np.linspace(5.0, 1.0, 20), np.linspace(-0.5, 0.5, N - 20)])

@@ -12,11 +12,7 @@ import hessian_spectra as hs
 from hessian_spectra.algorithms.eigen.rqi import minres
 from hessian_spectra.operators.base import DenseOperator
 from tests.algorithms.test_eigsh import true_residuals
-from tests.helpers import matrix_with_spectrum
-
-
-def _op(lam, seed=0):
-    return DenseOperator(matrix_with_spectrum(np.asarray(lam, dtype=float), seed))
+from tests.helpers import dense_op, matrix_with_spectrum
 
 
 # --------------------------------------------------------------------------- MINRES
@@ -158,7 +154,7 @@ def _hessian_like(seed=4, negative=()):
     bulk = np.clip(np.abs(rng.standard_t(1, 60)) * 0.05, 0, 3)
     lam = np.concatenate([top, list(negative), bulk])
     lam = np.concatenate([lam, np.zeros(400 - lam.size)])
-    return _op(lam, seed), lam
+    return dense_op(lam, seed), lam
 
 
 @pytest.mark.parametrize("which", ["LA", "LM"])
@@ -190,7 +186,7 @@ def test_rqi_la_does_not_shift_a_nearly_psd_spectrum():
     rng = np.random.default_rng(7)
     top = 2.5 * 0.8 ** np.arange(20)
     lam = np.concatenate([top, rng.uniform(0, 0.01, 580)])
-    op = _op(lam, seed=7)
+    op = dense_op(lam, seed=7)
     res = hs.eigsh(op, 10, which="LA", method="rqi", tol=1e-6, seed=0)
     assert res.converged.all()
     np.testing.assert_allclose(res.eigenvalues, top[:10], rtol=1e-6)

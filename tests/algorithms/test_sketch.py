@@ -14,7 +14,7 @@ from hessian_spectra.algorithms.sketch import sketch
 from hessian_spectra.algorithms.trace import trace
 from hessian_spectra.operators.base import DenseOperator
 from hessian_spectra.results import SketchResult, load_result
-from tests.conftest import matrix_with_spectrum
+from tests.helpers import matrix_with_spectrum
 
 N = 1000
 
