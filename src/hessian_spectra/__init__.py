@@ -6,9 +6,17 @@ trace estimates with standard errors, stochastic Lanczos quadrature densities
 and Hessian sketches.
 
 Example:
-    >>> import hessian_spectra as hs
-    >>> op = hs.HessianOperator(model, criterion, data)      # doctest: +SKIP
-    >>> top = hs.eigsh(op, k=20)                             # doctest: +SKIP
+    >>> import torch, hessian_spectra as hs
+    >>> _ = torch.manual_seed(0)
+    >>> nn = torch.nn
+    >>> model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3))
+    >>> data = [(torch.randn(32, 4), torch.randint(0, 3, (32,))) for _ in range(3)]
+    >>> op = hs.HessianOperator(model, nn.CrossEntropyLoss(), data)  # mean over 96 samples
+    >>> top = hs.eigsh(op, k=3, seed=0)                  # Lanczos, largest 3
+    >>> tr = hs.trace(op, num_matvecs=30, seed=0)        # XTrace, with a standard error
+    >>> den = hs.density(op, num_steps=20, seed=0)       # stochastic Lanczos quadrature
+    >>> op.shape, bool(top.converged.all()), top.num_matvecs < op.shape[0]
+    ((131, 131), True, True)
 """
 
 from __future__ import annotations

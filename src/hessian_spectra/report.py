@@ -5,11 +5,17 @@ base64 PNG, and there are no scripts or external links, so it opens the same
 anywhere (including offline and in a browser with scripts off).
 
 Example:
-    >>> rep = Report("Hessian spectrum of my model", settings={"k": 10})  # doctest: +SKIP
-    >>> rep.add_result("Top-10 eigenvalues", top)                          # doctest: +SKIP
-    >>> rep.add_eigenpairs("Top-10 eigenvalues", top)                      # doctest: +SKIP
-    >>> rep.add_figure("Convergence", plots.plot_convergence(top))         # doctest: +SKIP
-    >>> rep.write("out/report.html")                                       # doctest: +SKIP
+    >>> import tempfile, torch, hessian_spectra as hs
+    >>> from hessian_spectra import plots
+    >>> op = hs.DenseOperator(torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64)))
+    >>> top = hs.eigsh(op, k=10, seed=0)
+    >>> rep = Report("Hessian spectrum of my model", settings={"k": 10})
+    >>> rep.add_result("Top-10 eigenvalues", top)
+    >>> rep.add_eigenpairs("Top-10 eigenvalues", top)
+    >>> rep.add_figure("Convergence", plots.plot_convergence(top))
+    >>> path = rep.write(f"{tempfile.mkdtemp()}/report.html")
+    >>> "Top-10 eigenvalues" in path.read_text()
+    True
 """
 
 from __future__ import annotations

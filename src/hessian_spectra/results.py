@@ -250,7 +250,17 @@ class Result:
 
 
 def load_result(path: str | Path) -> Result:
-    """Read any result written by `Result.to_json`."""
+    """Read any result written by `Result.to_json`.
+
+    Example:
+        >>> import pathlib, tempfile, torch, hessian_spectra as hs
+        >>> op = hs.DenseOperator(torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64)))
+        >>> top = hs.eigsh(op, k=2, seed=0)
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "top.json"
+        >>> back = hs.load_result(top.to_json(path))
+        >>> type(back).__name__, back.eigenvalues.tolist() == top.eigenvalues.tolist()
+        ('EigshResult', True)
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text())

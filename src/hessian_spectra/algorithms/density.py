@@ -100,6 +100,13 @@ def density(
 ) -> DensityResult:
     """Estimate the eigenvalue density by stochastic Lanczos quadrature.
 
+    Example:
+        >>> import torch, hessian_spectra as hs
+        >>> op = hs.DenseOperator(torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64)))
+        >>> den = hs.density(op, num_steps=30, num_probes=4, seed=0)
+        >>> round(den.count_above(50.5))  # eigenvalues 51, ..., 100
+        50
+
     Args:
         op: a symmetric `LinearOperator` (or a dense symmetric matrix).
         num_steps: Lanczos steps per probe (products per probe, at most n);

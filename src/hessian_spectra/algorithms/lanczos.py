@@ -551,6 +551,14 @@ def lanczos(
 ) -> LanczosDecomposition:
     """Run `num_steps` Lanczos steps from `v0`.
 
+    Example:
+        >>> import torch, hessian_spectra as hs
+        >>> op = hs.DenseOperator(torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64)))
+        >>> dec = hs.lanczos(op, torch.ones(100, dtype=torch.float64), 10)
+        >>> Q = dec.basis  # orthonormal, and Q^T H Q is the tridiagonal matrix
+        >>> bool(torch.allclose(Q.T @ Q, torch.eye(10, dtype=torch.float64), atol=1e-12))
+        True
+
     Args:
         op: a symmetric `LinearOperator`.
         v0: (n,) non-zero starting vector.

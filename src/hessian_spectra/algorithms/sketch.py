@@ -72,6 +72,14 @@ def sketch(
 ) -> SketchResult:
     """A d x d sketch of the operator, its eigenvalues and (where the kind has them) vectors.
 
+    Example:
+        >>> import torch, hessian_spectra as hs
+        >>> lam = torch.zeros(200, dtype=torch.float64)
+        >>> lam[:5] = torch.tensor([9.0, 7.0, 5.0, 3.0, 1.0])  # rank 5
+        >>> sk = hs.sketch(hs.DenseOperator(torch.diag(lam)), 10, kind="rangefinder", seed=0)
+        >>> sk.eigenvalues[:5].round(8).tolist()
+        [9.0, 7.0, 5.0, 3.0, 1.0]
+
     Args:
         op: a symmetric `LinearOperator` (or a dense symmetric matrix).
         size: the sketch size d.

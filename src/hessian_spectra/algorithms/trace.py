@@ -95,6 +95,13 @@ def trace(
 ) -> TraceResult:
     """Estimate tr(H) with a standard error, from Hessian-vector products only.
 
+    Example:
+        >>> import torch, hessian_spectra as hs
+        >>> op = hs.DenseOperator(torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64)))
+        >>> tr = hs.trace(op, method="xtrace", num_matvecs=40, seed=0)
+        >>> abs(tr.estimate - 5050.0) < 3 * tr.stderr  # the exact trace is 5050
+        True
+
     Args:
         op: a symmetric `LinearOperator` (or a dense symmetric matrix).
         method: "xtrace" (default; its standard error is the paper's own

@@ -10,11 +10,26 @@ also runs the cold start it replaces, same seed); otherwise each update's count
 is set beside the first update's, which was cold.
 
 Example:
-    >>> mon = hs.SpectrumMonitor(model, criterion, (x, y), k=3, every=10)  # doctest: +SKIP
-    >>> for step in range(1000):                                            # doctest: +SKIP
-    ...     train_step()
-    ...     mon(step, lr=lr, loss=loss.item())
-    >>> mon.to_json("spectrum.json"); mon.plot("spectrum.png")            # doctest: +SKIP
+    >>> import tempfile, torch, hessian_spectra as hs
+    >>> _ = torch.manual_seed(0)
+    >>> nn = torch.nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> criterion, lr = nn.CrossEntropyLoss(), 0.5
+    >>> mon = hs.SpectrumMonitor(model, criterion, (x, y), k=2, every=10, seed=0)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=lr)
+    >>> for step in range(30):
+    ...     opt.zero_grad()
+    ...     loss = criterion(model(x), y)
+    ...     loss.backward()
+    ...     opt.step()
+    ...     _ = mon(step, lr=lr, loss=loss.item())
+    >>> [r["step"] for r in mon.records]
+    [0, 10, 20]
+    >>> out = tempfile.mkdtemp()
+    >>> mon.to_json(f"{out}/spectrum.json").name
+    'spectrum.json'
+    >>> fig = mon.plot(f"{out}/spectrum.png")  # eigenvalues against 2/lr, trace, HVPs
 """
 
 from __future__ import annotations

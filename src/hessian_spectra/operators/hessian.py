@@ -70,6 +70,21 @@ class _LossModule(nn.Module):
 class HessianOperator(LinearOperator):
     """The Hessian of a model's mean loss over its data, known through products.
 
+    Example:
+        >>> import torch, hessian_spectra as hs
+        >>> _ = torch.manual_seed(0)
+        >>> nn = torch.nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+        >>> x, y = torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 3, (32,))
+        >>> op = hs.HessianOperator(model, nn.CrossEntropyLoss(), (x, y))
+        >>> op.shape
+        (67, 67)
+        >>> H = op.matmat(torch.eye(67, dtype=op.dtype))  # the dense Hessian, column by column
+        >>> top = hs.eigsh(op, k=3, seed=0, tol=1e-8)
+        >>> exact = torch.linalg.eigvalsh(H)[-3:].flip(0)
+        >>> bool(torch.allclose(torch.as_tensor(top.eigenvalues), exact))
+        True
+
     Args:
         model: the network. Must be in eval mode when it contains BatchNorm or
             Dropout (else the Hessian changes with every pass).

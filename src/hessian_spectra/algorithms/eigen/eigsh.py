@@ -84,6 +84,13 @@ def eigsh(
 ) -> EigshResult:
     """k eigenpairs of a symmetric operator at one end of its spectrum, from products only.
 
+    Example:
+        >>> import torch, hessian_spectra as hs
+        >>> op = hs.DenseOperator(torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64)))
+        >>> top = hs.eigsh(op, k=3, seed=0)
+        >>> top.eigenvalues.round(4).tolist(), bool(top.converged.all())
+        ([100.0, 99.0, 98.0], True)
+
     A pair counts as converged when its residual ``||H v - theta v||`` is at most
     ``max(tol * |theta|, floor)``, where ``floor = eps(op.dtype) * max |theta|``:
     below the floor a residual is rounding noise, so float32 operators and

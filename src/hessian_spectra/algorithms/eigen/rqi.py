@@ -315,6 +315,15 @@ def refine(
 ) -> EigshResult:
     """Polish approximate eigenpairs by matrix-free Rayleigh quotient iteration.
 
+    Example:
+        >>> import torch, hessian_spectra as hs
+        >>> op = hs.DenseOperator(torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64)))
+        >>> v = torch.zeros(100, 1, dtype=torch.float64)
+        >>> v[99], v[90] = 1.0, 0.1  # near the top eigenvector, 100
+        >>> ref = hs.refine(op, [99.0], v)
+        >>> ref.eigenvalues.round(8).tolist(), bool(ref.converged.all())
+        ([100.0], True)
+
     Pairs are refined in the given order, each deflated against those refined
     before it. The first inner solve of a pair uses its given eigenvalue as the
     shift (so the pair moves to the eigenvalue nearest that value); later ones
