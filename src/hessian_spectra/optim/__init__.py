@@ -1,0 +1,1 @@
+"""Optimizers fed by curvature estimates from Hessian-vector products."""
