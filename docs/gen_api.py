@@ -27,6 +27,7 @@ GROUPS = [
     ("Operators", ["LinearOperator", "DenseOperator", "ShiftedOperator", "HessianOperator"]),
     ("Algorithms", ["eigsh", "refine", "trace", "density", "sketch", "lanczos"]),
     ("Analyses", ["layer_traces", "loss_landscape", "SpectrumMonitor"]),
+    ("Optimizers", ["SketchySGD", "NystromPreconditioner", "curvature_lr", "CurvatureLR"]),
     (
         "Results",
         [

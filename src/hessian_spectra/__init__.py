@@ -45,6 +45,11 @@ _EXPORTS: dict[str, str] = {
     "layer_traces": "hessian_spectra.analysis.layers",
     "loss_landscape": "hessian_spectra.analysis.landscape",
     "SpectrumMonitor": "hessian_spectra.analysis.monitor",
+    # optimizers fed by curvature (also as hs.optim.<name>)
+    "SketchySGD": "hessian_spectra.optim",
+    "NystromPreconditioner": "hessian_spectra.optim",
+    "curvature_lr": "hessian_spectra.optim",
+    "CurvatureLR": "hessian_spectra.optim",
     # results
     "Result": "hessian_spectra.results",
     "EigshResult": "hessian_spectra.results",
@@ -60,8 +65,13 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+# Subpackages reachable as attributes (``hs.optim.SketchySGD``), imported on first use.
+_SUBPACKAGES: tuple[str, ...] = ("optim",)
+
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"hessian_spectra.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'hessian_spectra' has no attribute {name!r}")
