@@ -283,6 +283,18 @@ class HessianOperator(LinearOperator):
         b = Vt[0].shape[0]
         return torch.cat([h.reshape(b, -1) for h in hv], 1).T, weights[0]
 
+    def _batch_product(self, batch: Any, Vt: list[torch.Tensor]) -> tuple[Any, float]:
+        """One batch's (n, b) product and weight: the only part that is the Hessian's own.
+
+        The pass over the data around it (weights, float64 sums, the finiteness
+        check, the reduction across ranks) is shared with the operators over
+        other curvature matrices of the same loss (`GGNOperator`,
+        `FisherOperator`), which replace only this method.
+        """
+        if self.hvp_mode == "double_backward":
+            return self._batch_hvp_double_backward(batch, Vt)
+        return self._batch_hvp_forward_over_reverse(batch, Vt)
+
     def _accumulate(self, V: torch.Tensor) -> tuple[torch.Tensor, float]:
         """One pass over the data: (sum_k w_k H_k V, sum_k w_k), w_k = samples in batch k.
 
@@ -295,16 +307,11 @@ class HessianOperator(LinearOperator):
             Vt_full[:, s].view(b, *p.shape)
             for s, p in zip(self.blocks.values(), self.params, strict=True)
         ]
-        step = (
-            self._batch_hvp_double_backward
-            if self.hvp_mode == "double_backward"
-            else self._batch_hvp_forward_over_reverse
-        )
         total: torch.Tensor | None = None
         weight_sum = 0.0
         bad = -1  # the first batch whose product is not finite (distributed runs)
         for index, batch in enumerate(self.model_loss.batches()):
-            hv, weight = step(batch, Vt)
+            hv, weight = self._batch_product(batch, Vt)
             if self.check_finite and not bool(torch.isfinite(hv).all()):
                 if not self.is_distributed:
                     raise FloatingPointError(
