@@ -6,9 +6,11 @@ the kind of computation (e.g. ``"eigsh/lanczos"``), a fingerprint of the call
 state itself (tensors, numbers, lists and dictionaries only, so that it loads
 with ``weights_only=True`` and never runs code from the file).
 
-Writes go to a temporary file in the same folder that is flushed to disk and
-then renamed over the old checkpoint, so a crash or a kill at any moment leaves
-either the previous checkpoint or the new one, never a torn file.
+Writes go through the library's one atomic writer (`hessian_spectra._atomic`):
+a temporary file in the same folder, flushed to disk, then renamed over the old
+checkpoint, so a crash or a kill at any moment leaves either the previous
+checkpoint or the new one, never a torn file. The temporary files that killed
+saves leave behind are removed when the checkpoint is next saved or loaded.
 
 This module is the file format and the save/resume mechanics only; which seed a
 resumed run uses, and how an algorithm hooks its loop to a `RunCheckpoint`,
@@ -17,8 +19,6 @@ belong to the algorithms' run context (`hessian_spectra.algorithms._run`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from hessian_spectra._atomic import atomic_open, clean_stale
 from hessian_spectra._distributed import is_main_process
 
 FORMAT = "hessian-spectra-checkpoint"
@@ -40,9 +41,11 @@ class CheckpointError(ValueError):
 def save_checkpoint(
     path: str | Path, kind: str, fingerprint: Mapping[str, Any], state: Mapping[str, Any]
 ) -> Path:
-    """Write `state` atomically to `path` (a temporary file renamed over it)."""
+    """Write `state` atomically to `path` (a temporary file renamed over it).
+
+    Temporary files of earlier, killed saves of `path` are removed first.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -50,16 +53,8 @@ def save_checkpoint(
         "fingerprint": dict(fingerprint),
         "state": dict(state),
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 
@@ -74,6 +69,8 @@ def load_checkpoint(path: str | Path, kind: str, fingerprint: Mapping[str, Any])
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if is_main_process():  # only rank 0 writes, so only rank 0 cleans up after its writes
+        clean_stale(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged files
@@ -245,9 +242,10 @@ class RunCheckpoint:
             raise
 
     def finish(self) -> None:
-        """The run completed: remove the checkpoint (rank 0 only)."""
+        """The run completed: remove the checkpoint and any temporary files (rank 0 only)."""
         if is_main_process():
             self.path.unlink(missing_ok=True)
+            clean_stale(self.path)
 
 
 def open_run(

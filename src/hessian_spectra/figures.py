@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 from PIL import Image  # a dependency of matplotlib
 
+from hessian_spectra._atomic import atomic_open
 from hessian_spectra.results import write_json
 
 #: the style every figure is drawn in
@@ -85,7 +87,7 @@ def save_figure(
     dpi: int = 150,
     palette: bool = False,
 ) -> Path:
-    """Write `fig` as a PNG (folders created) and return its path.
+    """Write `fig` as a PNG (folders created, atomically) and return its path.
 
     Args:
         fig: the figure.
@@ -97,11 +99,14 @@ def save_figure(
             figures kept in the repository.
     """
     path = Path(path).with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with style():
-        fig.savefig(path, dpi=dpi, format="png", bbox_inches="tight")
-    if palette:
-        shrink_png(path)
+    with style(), atomic_open(path, "wb") as fh:
+        if palette:
+            buf = io.BytesIO()
+            fig.savefig(buf, dpi=dpi, format="png", bbox_inches="tight")
+            buf.seek(0)
+            _write_palette_png(buf, fh)
+        else:
+            fig.savefig(fh, dpi=dpi, format="png", bbox_inches="tight")
     if data is not None:
         write_json(path.with_suffix(".json"), {"figure": path.name, **data})
     return path
@@ -110,10 +115,18 @@ def save_figure(
 def shrink_png(path: str | Path) -> None:
     """Rewrite a PNG with a 256-colour palette (no dithering): about a third of the bytes.
 
-    Line plots use few colours, so the palette loses nothing visible.
+    Line plots use few colours, so the palette loses nothing visible. The file
+    is replaced atomically.
     """
-    with Image.open(path) as im:
+    data = io.BytesIO(Path(path).read_bytes())
+    with atomic_open(path, "wb") as fh:
+        _write_palette_png(data, fh)
+
+
+def _write_palette_png(src: Any, dst: Any) -> None:
+    """Read a PNG from file object `src`, write it with a 256-colour palette to `dst`."""
+    with Image.open(src) as im:
         q = im.convert("RGB").quantize(
             colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
         )
-    q.save(path, optimize=True)
+    q.save(dst, format="PNG", optimize=True)

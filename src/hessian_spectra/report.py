@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import matplotlib as mpl
 import numpy as np
 
+from hessian_spectra._atomic import write_text
 from hessian_spectra.figures import STYLE
 from hessian_spectra.results import provenance
 
@@ -250,13 +251,8 @@ class Report:
         return "\n".join(parts)
 
     def write(self, path: str | Path) -> Path:
-        """Write the report to `path` (folders created); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        """Write the report to `path` atomically (folders created); returns the path."""
+        return write_text(path, self.render())
 
     def _summary_table(self) -> str:
         rows = []

@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 import numpy as np
 import torch
 
+from hessian_spectra._atomic import atomic_open, write_text
 from hessian_spectra._version import __version__
 
 R = TypeVar("R", bound="Result")
@@ -117,12 +118,10 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Write `data` as indented JSON (with the library's provenance added)."""
+    """Write `data` as indented JSON (with the library's provenance added), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"provenance": provenance(), **to_jsonable(dict(data))}
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    return path
+    return write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def _encode(value: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
@@ -223,19 +222,22 @@ class Result:
         return out
 
     def to_json(self, path: str | Path) -> Path:
-        """Write the record to `path` (JSON) and its large arrays to `path` with .npz."""
+        """Write the record to `path` (JSON) and its large arrays to `path` with .npz.
+
+        Each file is written atomically (a kill leaves the previous file, never
+        a torn one); the arrays first, so the JSON never names a missing file.
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
         data = self.to_dict(arrays)
         npz = path.with_suffix(".npz")
         if arrays:
-            np.savez(npz, **arrays)  # type: ignore[arg-type]
             data["arrays_file"] = npz.name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
-        tmp.replace(path)
-        return path
+        text = json.dumps(data, indent=2, allow_nan=False)  # fails before anything is written
+        if arrays:
+            with atomic_open(npz, "wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+        return write_text(path, text)
 
     @classmethod
     def from_json(cls: type[R], path: str | Path) -> R:

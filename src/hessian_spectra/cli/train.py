@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hessian_spectra._atomic import atomic_open, write_text
 from hessian_spectra._progress import progress_bar
 from hessian_spectra.analysis.monitor import SpectrumMonitor
 from hessian_spectra.cli.errors import EXIT_INTERRUPTED, PROG, CLIError
@@ -209,12 +210,12 @@ def train(o: TrainOptions) -> int:
                             f"{m.get('trace', float('nan')):.5g} ({m['eig_matvecs']} HVPs)"
                         )
     except KeyboardInterrupt:
-        torch.save(model.state_dict(), ckpt)
+        _save_model(model, ckpt)
         note(f"interrupted at epoch {len(log)}: saved the model so far to {ckpt}")
         _save_train(out_dir, log, monitor, plain_gd)
         return EXIT_INTERRUPTED
     model.eval()
-    torch.save(model.state_dict(), ckpt)
+    _save_model(model, ckpt)
     files = _save_train(out_dir, log, monitor, plain_gd)
     say(
         table(
@@ -236,13 +237,19 @@ def train(o: TrainOptions) -> int:
     return 0
 
 
+def _save_model(model: nn.Module, path: Path) -> None:
+    """Write the state_dict atomically: a kill leaves the previous model.pt, never a torn one."""
+    with atomic_open(path, "wb") as fh:
+        torch.save(model.state_dict(), fh)
+
+
 def _save_train(
     out_dir: Path, log: list[dict[str, Any]], monitor: SpectrumMonitor | None, plain_gd: bool
 ) -> list[Path]:
     """Write training.json and, when monitored, monitor.json and monitor.png."""
     files = []
     p = out_dir / "training.json"
-    p.write_text(json.dumps({"epochs": log}, indent=2))
+    write_text(p, json.dumps({"epochs": log}, indent=2))
     files.append(p)
     if monitor is not None and monitor.records:
         files.append(monitor.to_json(out_dir / "monitor.json"))

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hessian_spectra._atomic import atomic_open
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -47,10 +49,9 @@ def derive_seed(*keys: int) -> int:
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-    """Write `rows` (dicts) with exactly `columns`, in that order."""
+    """Write `rows` (dicts) with exactly `columns`, in that order (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="raise")
         writer.writeheader()
         for row in rows:

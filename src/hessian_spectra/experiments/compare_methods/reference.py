@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import hessian_spectra as hs
+from hessian_spectra._atomic import atomic_open
 from hessian_spectra.experiments.compare_methods.config import CompareConfig
 from hessian_spectra.operators import LinearOperator
 
@@ -43,9 +44,8 @@ def reference_spectrum(op: LinearOperator, cfg: CompareConfig) -> dict[str, Any]
                 return out
         lam, trace, asym = _dense_spectrum(op)
         if cfg.reference_cache:
-            path = Path(cfg.reference_cache)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, eigenvalues=lam, trace=trace, asymmetry=asym, probe_hvp=_probe_hvp(op))
+            with atomic_open(Path(cfg.reference_cache), "wb") as fh:
+                np.savez(fh, eigenvalues=lam, trace=trace, asymmetry=asym, probe_hvp=_probe_hvp(op))
         out = _exact_record(lam, trace, asym, cfg)
         out.update(num_matvecs=op.shape[0], seconds=time.perf_counter() - t0)
         return out

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hessian_spectra._atomic import write_text
 from hessian_spectra._progress import outer_progress
 from hessian_spectra.experiments._io import write_csv
 from hessian_spectra.experiments.sketch_synthetic.claims import evaluate_claims
@@ -78,7 +79,7 @@ def write_outputs(
     write_csv(out / "errors.csv", result.rows, COLUMNS)
     summary = summary_rows(result.rows, cfg)
     write_csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
-    (out / "summary.md").write_text(summary_markdown(summary))
+    write_text(out / "summary.md", summary_markdown(summary))
     claims = evaluate_claims(result.rows, cfg)
     files = ["errors.csv", "summary.csv", "summary.md", "claims.json", "run.json"]
     if plots:
