@@ -88,3 +88,51 @@ def test_cifar10_rejects_a_foreign_pickle(tmp_path):
         pickle.dump({"data": [1, 2]}, f)
     with pytest.raises(ValueError, match="not a CIFAR-10 python batch"):
         cifar10(tmp_path, train=False)
+
+
+class _Payload:
+    """What a crafted batch file hides: unpickling it would create `target`."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_refuses_a_crafted_pickle_and_runs_nothing(tmp_path, protocol):
+    target = tmp_path / "pwned"
+    entry = {
+        b"data": np.zeros((2, 3072), dtype=np.uint8),
+        b"labels": [0, 1],
+        b"batch_label": _Payload(target),  # runs before any format check could
+    }
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump(entry, f, protocol=protocol)
+    with pytest.raises(ValueError, match="not a standard CIFAR-10 python batch") as info:
+        cifar10(tmp_path, train=False)
+    assert not target.exists(), "the crafted file's payload ran"
+    msg = str(info.value)
+    assert "io.open" in msg or "builtins.open" in msg
+    assert "was not read" in msg and "cifar-10-python.tar.gz" in msg
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_reads_every_pickle_protocol_of_the_standard_format(tmp_path, protocol):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+    entry = {b"batch_label": b"testing batch 1 of 1", b"labels": [3, 1, 4, 1], b"data": data}
+    entry[b"filenames"] = [b"a.png", b"b.png", b"c.png", b"d.png"]
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump(entry, f, protocol=protocol)
+    x, y = cifar10(tmp_path, train=False).tensors
+    assert y.tolist() == [3, 1, 4, 1]
+    expect = (data[1, 1024 + 2] / 255.0 - CIFAR10_MEAN[1]) / CIFAR10_STD[1]
+    assert x[1, 1, 0, 2].item() == pytest.approx(expect, abs=1e-6)
+
+
+def test_cifar10_damaged_file_says_so(tmp_path):
+    (tmp_path / "test_batch").write_bytes(b"\x80\x02}q\x00(X")  # a pickle cut short
+    with pytest.raises(ValueError, match="damaged or not a CIFAR-10 python batch"):
+        cifar10(tmp_path, train=False)
