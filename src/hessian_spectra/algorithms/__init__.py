@@ -7,29 +7,39 @@ Layout: `lanczos` is the kernel (the Lanczos process, short runs for the ends
 of the spectrum); `eigen/` the eigensolvers behind `eigsh` (and `refine`);
 `trace`, `density` and `sketch` the estimators; `_run` the run context (seed,
 generator, record, checkpoint) and `_linalg` the small dense helpers they all
-share.
+share; `memory` the check of a call's memory before it allocates (with
+`eigsh_memory`, `trace_memory` and `density_memory` to size a run up front);
+`errors` what they raise or warn beyond argument errors.
 """
 
-from hessian_spectra.algorithms.density import density
+from hessian_spectra.algorithms.density import density, density_memory
 from hessian_spectra.algorithms.eigen.eigsh import Method as EigshMethod
-from hessian_spectra.algorithms.eigen.eigsh import Which, eigsh
+from hessian_spectra.algorithms.eigen.eigsh import Which, eigsh, eigsh_memory
 from hessian_spectra.algorithms.eigen.rqi import refine
+from hessian_spectra.algorithms.errors import ConvergenceWarning, InsufficientMemoryError
 from hessian_spectra.algorithms.lanczos import BOUND_STEPS, lanczos
+from hessian_spectra.algorithms.memory import available_memory
 from hessian_spectra.algorithms.sketch import Kind as SketchKind
 from hessian_spectra.algorithms.sketch import sketch
 from hessian_spectra.algorithms.trace import Method as TraceMethod
-from hessian_spectra.algorithms.trace import trace
+from hessian_spectra.algorithms.trace import trace, trace_memory
 
 __all__ = [
     "BOUND_STEPS",
+    "ConvergenceWarning",
     "EigshMethod",
+    "InsufficientMemoryError",
     "SketchKind",
     "TraceMethod",
     "Which",
+    "available_memory",
     "density",
+    "density_memory",
     "eigsh",
+    "eigsh_memory",
     "lanczos",
     "refine",
     "sketch",
     "trace",
+    "trace_memory",
 ]

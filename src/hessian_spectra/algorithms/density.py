@@ -34,6 +34,7 @@ import torch
 from hessian_spectra.algorithms._linalg import rademacher
 from hessian_spectra.algorithms._run import Callback, RunContext
 from hessian_spectra.algorithms.lanczos import LanczosProcess, tridiagonal_eigh
+from hessian_spectra.algorithms.memory import check_memory, dtype_bytes
 from hessian_spectra.history import ACTIVE, STEP
 from hessian_spectra.operators.base import LinearOperator, as_operator
 from hessian_spectra.results import DensityResult
@@ -85,6 +86,41 @@ def _broke_down(proc: LanczosProcess, rtol: float) -> bool:
     return proc.beta[-1] <= rtol * scale
 
 
+def density_memory(
+    n: int,
+    *,
+    num_steps: int = 100,
+    num_probes: int = 1,
+    block_size: int = 10,
+    dtype: torch.dtype = torch.float32,
+) -> int:
+    """Bytes `density` allocates for its probes' Lanczos bases on an operator of size n.
+
+    What ``density(op, ...)`` with the same arguments checks before its first
+    product: `block_size` probes run at once, each with an n x (num_steps + 1)
+    basis, beside the num_probes starting vectors (the operator's own memory
+    is not included).
+
+    Example:
+        >>> from hessian_spectra.algorithms import density_memory
+        >>> density_memory(1_000_000, num_steps=100, num_probes=10) // 10**9  # float32, GB
+        4
+
+    Args:
+        n: the operator's size.
+        num_steps, num_probes, block_size: as for `density`.
+        dtype: the operator's dtype.
+    """
+    if n < 1 or num_steps < 1 or num_probes < 1 or block_size < 1:
+        raise ValueError(
+            f"n, num_steps, num_probes and block_size must be at least 1, got n={n}, "
+            f"num_steps={num_steps}, num_probes={num_probes}, block_size={block_size}"
+        )
+    steps = min(int(num_steps), int(n))
+    b = min(int(block_size), int(num_probes))
+    return int(n) * (b * (steps + 4) + int(num_probes) + 2 * b) * dtype_bytes(dtype)
+
+
 def density(
     op: LinearOperator | torch.Tensor | np.ndarray,
     *,
@@ -97,6 +133,7 @@ def density(
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    max_memory: float | None = None,
 ) -> DensityResult:
     """Estimate the eigenvalue density by stochastic Lanczos quadrature.
 
@@ -132,6 +169,10 @@ def density(
             with the same arguments. Without it an existing file is refused;
             a file of another computation, a truncated or a foreign file raise
             `CheckpointError`.
+        max_memory: the most bytes the probes' Lanczos bases may take (see
+            `density_memory`); by default they are checked against the memory
+            available on the operator's device before any product, and a call
+            that would not fit raises `InsufficientMemoryError`.
 
     Returns:
         A `DensityResult` with `nodes` and `weights` (num_probes, num_steps),
@@ -146,6 +187,23 @@ def density(
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")
     steps = min(int(num_steps), n)
+    check_memory(
+        [
+            (
+                op.device,
+                density_memory(
+                    n, num_steps=steps, num_probes=num_probes, block_size=block_size, dtype=op.dtype
+                ),
+            )
+        ],
+        what=f"density(num_steps={num_steps}, num_probes={num_probes}) on an operator of "
+        f"size n={n}",
+        lower=(
+            f"lower block_size (now {block_size}: probes run together, each keeping an "
+            f"n x (num_steps + 1) basis) or num_steps"
+        ),
+        max_memory=max_memory,
+    )
     ctx = RunContext(
         op,
         "density (SLQ)",

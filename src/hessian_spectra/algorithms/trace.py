@@ -21,7 +21,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from hessian_spectra.algorithms._linalg import work_dtype
 from hessian_spectra.algorithms._run import Callback, RunContext
+from hessian_spectra.algorithms.memory import check_max_memory, check_memory, dtype_bytes
 from hessian_spectra.algorithms.trace_estimators import ESTIMATORS, Estimator, HutchPlusPlus
 from hessian_spectra.history import ESTIMATE, PROBES, STDERR
 from hessian_spectra.operators.base import LinearOperator, as_operator, digest
@@ -92,6 +94,7 @@ def trace(
     checkpoint: str | Path | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    max_memory: float | None = None,
 ) -> TraceResult:
     """Estimate tr(H) with a standard error, from Hessian-vector products only.
 
@@ -136,6 +139,10 @@ def trace(
             with the same arguments. Without it an existing file is refused;
             a file of another computation, a truncated or a foreign file raise
             `CheckpointError`.
+        max_memory: the most bytes the estimator's probes and bases may take
+            (see `trace_memory`); by default they are checked against the
+            memory available on the operator's device before any product, and
+            a call that would not fit raises `InsufficientMemoryError`.
 
     Returns:
         A `TraceResult` with `estimate`, `stderr`, `samples` (the Hutchinson
@@ -162,6 +169,18 @@ def trace(
         raise ValueError(f"num_matvecs must be positive, got {num_matvecs}")
     bl = _as_blocks(blocks, n, op.device)
     rank, max_probes = _plan(method, budget, adaptive, block_size, n)
+    check_max_memory(max_memory)
+    check_memory(
+        [
+            (
+                op.device,
+                _need(n, method, rank, max_probes, block_size, op.dtype, work_dtype(op), bool(bl)),
+            )
+        ],
+        what=f"trace(method={method!r}) on an operator of size n={n}",
+        lower=LOWER_MEMORY[method].format(block_size=block_size),
+        max_memory=max_memory,
+    )
     ctx = RunContext(
         op,
         f"trace ({method})",
@@ -248,6 +267,84 @@ def trace(
         seed=ctx.seed,
         settings=all_settings,
     )
+
+
+#: the options that lower each estimator's memory, for the refusal's message
+LOWER_MEMORY = {
+    "hutchinson": "lower block_size (now {block_size}: probes multiplied at once)",
+    "hutch++": (
+        "lower num_matvecs (or max_matvecs with rtol: the sketch holds n x num_matvecs / 3 "
+        "numbers) or block_size (now {block_size})"
+    ),
+    "xtrace": (
+        "lower num_matvecs (or max_matvecs with rtol: XTrace keeps about 4 n x num_matvecs "
+        "/ 2 numbers in float64), or use method='hutchinson', which holds one block of probes"
+    ),
+}
+
+
+def _need(
+    n: int,
+    method: str,
+    rank: int,
+    max_probes: int,
+    block_size: int,
+    dtype: torch.dtype,
+    wd: torch.dtype,
+    blocks: bool,
+) -> int:
+    """Bytes of an estimator's probes, products and bases at their largest."""
+    item, w = dtype_bytes(dtype), dtype_bytes(wd)
+    b = max(1, min(block_size, max_probes))
+    if method == "hutchinson":
+        return n * b * (2 * item + 4 * w)
+    if method == "hutch++":
+        return n * rank * (item + 4 * w) + n * b * (item + 6 * w)
+    m = max_probes  # xtrace: probes, their products, the basis and its products
+    need = 6 * n * m * w + n * b * (item + 4 * w)
+    if blocks:  # the per-block terms, a chunk of leave-one-out estimates at a time
+        need += 12 * min(n * m, max(n, 2**22)) * w
+    return need
+
+
+def trace_memory(
+    n: int,
+    *,
+    method: Method = "xtrace",
+    num_matvecs: int | None = None,
+    rtol: float | None = None,
+    max_matvecs: int = 2000,
+    block_size: int = 10,
+    dtype: torch.dtype = torch.float32,
+    blocks: bool = False,
+) -> int:
+    """Bytes `trace` allocates for its probes and bases on an operator of size n.
+
+    What ``trace(op, ...)`` with the same arguments checks before its first
+    product (the operator's own memory is not included; the small dense algebra
+    is float64).
+
+    Example:
+        >>> from hessian_spectra.algorithms import trace_memory
+        >>> trace_memory(1_000_000, num_matvecs=100) > 6 * 1_000_000 * 50 * 8  # XTrace
+        True
+        >>> trace_memory(1_000_000, method="hutchinson") < 1e9
+        True
+
+    Args:
+        n: the operator's size.
+        method, num_matvecs, rtol, max_matvecs, block_size: as for `trace`.
+        dtype: the operator's dtype.
+        blocks: whether per-block traces are asked for.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    adaptive = rtol is not None
+    budget = int(max_matvecs if adaptive else (num_matvecs or DEFAULT_NUM_MATVECS))
+    rank, max_probes = _plan(method, budget, adaptive, block_size, int(n))
+    return _need(int(n), method, rank, max_probes, block_size, dtype, torch.float64, blocks)
 
 
 def _plan(method: str, budget: int, adaptive: bool, block_size: int, n: int) -> tuple[int, int]:

@@ -236,6 +236,22 @@ def basis_floor(k: int, block_size: int) -> int:
     return k + 2
 
 
+#: ``(n, k, capacity, block_size, max_matvecs, item, basis_item)`` -> (basis, other) bytes
+MemoryModel = Callable[[int, int, int, int, int, int, int], tuple[int, int]]
+
+
+def vectors_memory(
+    n: int, k: int, capacity: int, block_size: int, max_matvecs: int, item: int, basis_item: int
+) -> tuple[int, int]:
+    """The need of a solver that keeps only its k vectors: no basis, a few copies of them."""
+    return 0, 4 * n * (k + 4) * item
+
+
+def restart_keep(k: int, capacity: int) -> int:
+    """The most Ritz vectors a thick restart keeps (see `restart_choice`)."""
+    return max(1, min(capacity - 1, k + max(0, capacity - k) // 2))
+
+
 @dataclass(frozen=True)
 class Solver:
     """An eigensolver behind ``eigsh(method=...)``: its driver and what its arguments need.
@@ -254,6 +270,14 @@ class Solver:
         stops: the stopping rules it accepts ("residual" first).
         checkpoints: whether it takes ``checkpoint``, ``basis_device`` and
             ``basis_dtype``.
+        memory: ``(n, k, capacity, block_size, max_matvecs, item,
+            basis_item)`` -> bytes of (the basis, on the basis device; the
+            other vectors, on the operator's device), with ``capacity`` the
+            basis cap and ``item`` and ``basis_item`` the bytes of one number
+            of the operator's and the basis's dtype: what `eigsh_memory` and
+            the check before a run add up.
+        lower_memory: the options that lower `memory`, for the refusal's
+            message (``{max_basis}`` and ``{block_size}`` are filled in).
     """
 
     solve: Callable[[EigenProblem, RunContext], RawPairs]
@@ -262,11 +286,14 @@ class Solver:
     min_basis: Callable[[int, int], int] = basis_floor
     stops: tuple[str, ...] = ("residual",)
     checkpoints: bool = False
+    memory: MemoryModel = vectors_memory
+    lower_memory: str = "ask for fewer pairs (k)"
 
 
 __all__ = [
     "TRUE_RESIDUAL_FLOOR",
     "EigenProblem",
+    "MemoryModel",
     "RawPairs",
     "Solver",
     "basis_floor",
@@ -278,6 +305,8 @@ __all__ = [
     "orthogonality_threshold",
     "rayleigh_ritz",
     "restart_choice",
+    "restart_keep",
     "thresholds",
+    "vectors_memory",
     "verify_pairs",
 ]

@@ -34,6 +34,7 @@ from hessian_spectra.algorithms.eigen._ritz import (
     Solver,
     error_estimates,
     restart_choice,
+    restart_keep,
     thresholds,
 )
 from hessian_spectra.history import (
@@ -319,9 +320,27 @@ def _default_max_basis(k: int, n: int, block_size: int) -> int:
     return min(n, max(3 * k, k + 4 * block_size))
 
 
+def _memory(
+    n: int, k: int, capacity: int, block_size: int, max_matvecs: int, item: int, basis_item: int
+) -> tuple[int, int]:
+    """The basis (n, cap + b) in the operator's dtype; beside it the vectors a restart keeps
+    (twice) or the Ritz vectors of the whole active basis, a block's product and its SVD in
+    float64, and the dense projected matrix with its eigenvectors."""
+    b = max(1, min(block_size, n))
+    cap = max(min(capacity, n), b)
+    basis = n * (cap + b) * item
+    vectors = max(2 * n * restart_keep(k, cap), n * (cap + k)) * item
+    return basis, vectors + n * b * (3 * item + 3 * 8) + 3 * cap * cap * 8
+
+
 SOLVER = Solver(
     block_lanczos_eigsh,
     min_matvecs=_min_matvecs,
     default_max_basis=_default_max_basis,
     min_basis=lambda k, block_size: k + 2 * block_size,
+    memory=_memory,
+    lower_memory=(
+        "lower max_basis (now {max_basis}: the basis holds n x (max_basis + block_size) "
+        "numbers) or block_size (now {block_size}), or ask for fewer pairs (k)"
+    ),
 )

@@ -42,6 +42,7 @@ from hessian_spectra.algorithms.eigen._ritz import (
     orthogonality_threshold,
     verify_pairs,
 )
+from hessian_spectra.algorithms.memory import check_memory, dtype_bytes
 from hessian_spectra.operators.base import LinearOperator, as_operator, digest
 from hessian_spectra.results import WHICH, EigshResult, result_order
 
@@ -81,6 +82,7 @@ def eigsh(
     resume: bool = False,
     basis_device: torch.device | str | None = None,
     basis_dtype: torch.dtype | None = None,
+    max_memory: float | None = None,
 ) -> EigshResult:
     """k eigenpairs of a symmetric operator at one end of its spectrum, from products only.
 
@@ -168,6 +170,12 @@ def eigsh(
             ``settings["basis_bytes"]``. A lower precision bounds the accuracy
             of the pairs to about eps(basis_dtype) * ||H||, and convergence is
             then judged against that dtype's semi-orthogonality.
+        max_memory: the most bytes the run's basis and vectors may take (see
+            `eigsh_memory`). By default the need is checked against the memory
+            available on each device (the CPU's ``MemAvailable``, a CUDA
+            device's free memory) before anything is allocated; a call that
+            would not fit raises `InsufficientMemoryError` naming the options
+            that lower it.
 
     Returns:
         An `EigshResult`: eigenvalues in the order of `which`, eigenvectors (n, k),
@@ -205,25 +213,7 @@ def eigsh(
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")
     block_size = int(min(block_size, n))
-    need = solver.min_matvecs(k, n, block_size)
-    if max_matvecs is None:
-        max_matvecs = max(1000, 100 * k, need)
-    elif int(max_matvecs) < need:
-        raise ValueError(
-            f"max_matvecs={max_matvecs} is too small for k={k} with method={method!r}: it "
-            f"needs at least {need} products; raise max_matvecs or pass None"
-        )
-    max_matvecs = int(max_matvecs)
-    if max_basis is not None:
-        floor_basis = solver.min_basis(k, block_size)
-        if int(max_basis) < min(n, floor_basis):
-            raise ValueError(
-                f"max_basis={max_basis} leaves no room to restart with k={k}: pass at least "
-                f"{min(n, floor_basis)} (or None for the default)"
-            )
-        basis_cap = min(n, int(max_basis))
-    else:
-        basis_cap = solver.default_max_basis(k, n, block_size)
+    max_matvecs, basis_cap = _budget(method, k, n, block_size, max_matvecs, max_basis)
     V0 = check_v0(op, v0)
     if not solver.checkpoints and (
         checkpoint is not None or basis_device is not None or basis_dtype is not None
@@ -236,6 +226,18 @@ def eigsh(
         isinstance(basis_dtype, torch.dtype) and basis_dtype.is_floating_point
     ):
         raise ValueError(f"basis_dtype must be a floating torch dtype, got {basis_dtype!r}")
+    basis_bytes, work_bytes = _memory(
+        solver, n, k, basis_cap, block_size, max_matvecs, op.dtype, basis_dtype
+    )
+    check_memory(
+        [
+            (basis_device if basis_device is not None else op.device, basis_bytes),
+            (op.device, work_bytes),
+        ],
+        what=f"eigsh(method={method!r}, k={k}) on an operator of size n={n}",
+        lower=solver.lower_memory.format(max_basis=basis_cap, block_size=block_size),
+        max_memory=max_memory,
+    )
     problem = EigenProblem(
         op=op,
         k=k,
@@ -322,6 +324,93 @@ def eigsh(
     )
 
 
+def _budget(
+    method: str, k: int, n: int, block_size: int, max_matvecs: int | None, max_basis: int | None
+) -> tuple[int, int]:
+    """The product budget and the basis cap of a call (its defaults, and its refusals)."""
+    solver = SOLVERS[method]
+    need = solver.min_matvecs(k, n, block_size)
+    if max_matvecs is None:
+        max_matvecs = max(1000, 100 * k, need)
+    elif int(max_matvecs) < need:
+        raise ValueError(
+            f"max_matvecs={max_matvecs} is too small for k={k} with method={method!r}: it "
+            f"needs at least {need} products; raise max_matvecs or pass None"
+        )
+    if max_basis is None:
+        return int(max_matvecs), solver.default_max_basis(k, n, block_size)
+    floor_basis = solver.min_basis(k, block_size)
+    if int(max_basis) < min(n, floor_basis):
+        raise ValueError(
+            f"max_basis={max_basis} leaves no room to restart with k={k}: pass at least "
+            f"{min(n, floor_basis)} (or None for the default)"
+        )
+    return int(max_matvecs), min(n, int(max_basis))
+
+
+def _memory(
+    solver: Solver,
+    n: int,
+    k: int,
+    basis_cap: int,
+    block_size: int,
+    max_matvecs: int,
+    dtype: torch.dtype,
+    basis_dtype: torch.dtype | None,
+) -> tuple[int, int]:
+    item = dtype_bytes(dtype)
+    basis_item = dtype_bytes(basis_dtype) if basis_dtype is not None else item
+    return solver.memory(n, k, basis_cap, block_size, max_matvecs, item, basis_item)
+
+
+def eigsh_memory(
+    n: int,
+    k: int,
+    *,
+    method: Method = "lanczos",
+    dtype: torch.dtype = torch.float32,
+    block_size: int = 8,
+    max_basis: int | None = None,
+    basis_dtype: torch.dtype | None = None,
+    max_matvecs: int | None = None,
+) -> int:
+    """Bytes `eigsh` allocates for its basis and vectors on an operator of size n.
+
+    What ``eigsh(op, k, ...)`` with the same arguments checks before it starts
+    (the basis, the vectors a restart keeps, the returned eigenvectors, the
+    dense projected matrix); the operator's own memory (a model's activations)
+    is not included. Use it to size a run before building the operator.
+
+    Example:
+        >>> from hessian_spectra.algorithms import eigsh_memory
+        >>> b = eigsh_memory(270_000, 5000)  # a ResNet-20 sized Hessian, float32
+        >>> b > 16e9  # the basis alone: 270000 x 15001 x 4 bytes
+        True
+        >>> b > eigsh_memory(270_000, 5000, max_basis=6000)
+        True
+
+    Args:
+        n: the operator's size.
+        k, method, block_size, max_basis, basis_dtype, max_matvecs: as for `eigsh`.
+        dtype: the operator's dtype.
+
+    Returns:
+        The estimate in bytes, an upper bound of what the algorithm holds at once.
+    """
+    if n < 2 or not 1 <= k < n:
+        raise ValueError(f"need 1 <= k < n, got k={k}, n={n}")
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method={method!r}; choose one of {', '.join(METHODS)}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    block_size = int(min(block_size, n))
+    budget, cap = _budget(method, int(k), int(n), block_size, max_matvecs, max_basis)
+    basis, work = _memory(
+        SOLVERS[method], int(n), int(k), cap, block_size, budget, dtype, basis_dtype
+    )
+    return basis + work
+
+
 def _verify(p: EigenProblem, raw: RawPairs) -> None:
     """Replace the residuals by true ones (k products) and judge convergence on them."""
     res_true, _ = verify_pairs(p.op, raw.values, raw.vectors)
@@ -333,4 +422,4 @@ def _verify(p: EigenProblem, raw: RawPairs) -> None:
     raw.error_estimates = error_estimates(raw.values, res_true, raw.values)
 
 
-__all__ = ["METHODS", "SOLVERS", "Callback", "Method", "Stop", "Which", "eigsh"]
+__all__ = ["METHODS", "SOLVERS", "Callback", "Method", "Stop", "Which", "eigsh", "eigsh_memory"]

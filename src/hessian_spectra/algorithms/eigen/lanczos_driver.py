@@ -26,6 +26,7 @@ from hessian_spectra.algorithms.eigen._ritz import (
     combine_columns,
     error_estimates,
     restart_choice,
+    restart_keep,
     thresholds,
 )
 from hessian_spectra.algorithms.lanczos import LanczosProcess
@@ -158,4 +159,26 @@ def lanczos_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
     )
 
 
-SOLVER = Solver(lanczos_eigsh, checkpoints=True)
+def _memory(
+    n: int, k: int, capacity: int, block_size: int, max_matvecs: int, item: int, basis_item: int
+) -> tuple[int, int]:
+    """The basis (n, cap + 1); beside it the vectors a restart keeps or the k returned
+    (each made, then copied into place), the dense projected matrix and its eigenvectors,
+    and the recurrence's few vectors."""
+    cap = max(1, min(n, capacity, max_matvecs))
+    basis = n * (cap + 1) * basis_item
+    vectors = 2 * n * max(restart_keep(k, cap), k) * item
+    return basis, vectors + 2 * cap * cap * 8 + 8 * n * item
+
+
+SOLVER = Solver(
+    lanczos_eigsh,
+    checkpoints=True,
+    memory=_memory,
+    lower_memory=(
+        "lower max_basis (now {max_basis}: the basis holds n x (max_basis + 1) numbers), keep "
+        "the basis in a smaller dtype (basis_dtype=torch.float32, or torch.bfloat16 at a "
+        "cost in accuracy) or on another device (basis_device='cpu'), or ask for fewer "
+        "pairs (k)"
+    ),
+)

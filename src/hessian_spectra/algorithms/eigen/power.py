@@ -231,8 +231,17 @@ def power_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
     )
 
 
+def _memory(
+    n: int, k: int, capacity: int, block_size: int, max_matvecs: int, item: int, basis_item: int
+) -> tuple[int, int]:
+    """The k vectors found, stacked for each deflation and at the end (their Gram matrix in
+    float64), and the short Lanczos run of the shift."""
+    return 0, n * (3 * k + 16) * item + 2 * n * k * 8
+
+
 SOLVER = Solver(
     power_eigsh,
     min_matvecs=lambda k, n, block_size: 2 * k,
     stops=("residual", "relative_change"),
+    memory=_memory,
 )

@@ -464,7 +464,21 @@ def rqi_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
     return _finish(op, state, tol, reason, scale_hint)
 
 
+def _memory(
+    n: int, k: int, capacity: int, block_size: int, max_matvecs: int, item: int, basis_item: int
+) -> tuple[int, int]:
+    """The sketch's blocks (the test matrix, its product, the basis and its product, the
+    Rayleigh-Ritz residuals), the k pairs being refined (twice), and MINRES's vectors."""
+    s = rqi_sketch_size(k, n)
+    return 0, n * (7 * s + 3 * k + 24) * item
+
+
 SOLVER = Solver(
     rqi_eigsh,
     min_matvecs=lambda k, n, block_size: 2 * min(n, rqi_sketch_size(k, n)) + 2 * k,
+    memory=_memory,
+    lower_memory=(
+        "ask for fewer pairs (k: the sketch holds max(2k, k + 10) columns), or use "
+        "method='lanczos' with a max_basis"
+    ),
 )
