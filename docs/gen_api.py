@@ -24,7 +24,16 @@ are described in [architecture.md](architecture.md); examples of use are in
 """
 
 GROUPS = [
-    ("Operators", ["LinearOperator", "DenseOperator", "ShiftedOperator", "HessianOperator"]),
+    (
+        "Operators",
+        [
+            "LinearOperator",
+            "DenseOperator",
+            "ShiftedOperator",
+            "HessianOperator",
+            "PreconditionedOperator",
+        ],
+    ),
     ("Algorithms", ["eigsh", "refine", "trace", "density", "sketch", "lanczos"]),
     ("Analyses", ["layer_traces", "loss_landscape", "SpectrumMonitor"]),
     ("Optimizers", ["SketchySGD", "NystromPreconditioner", "curvature_lr", "CurvatureLR"]),

@@ -320,6 +320,7 @@ def test_the_public_names():
         "DenseOperator",
         "ShiftedOperator",
         "HessianOperator",
+        "PreconditionedOperator",
         "lanczos",
         "eigsh",
         "refine",

@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "DenseOperator": "hessian_spectra.operators.base",
     "ShiftedOperator": "hessian_spectra.operators.base",
     "HessianOperator": "hessian_spectra.operators.hessian",
+    "PreconditionedOperator": "hessian_spectra.operators.preconditioned",
     # algorithms
     "lanczos": "hessian_spectra.algorithms",
     "eigsh": "hessian_spectra.algorithms",

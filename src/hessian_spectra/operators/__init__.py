@@ -5,6 +5,8 @@
   (`ModelLoss`, `select_parameters`, `ParameterSelection`, batch preparation
   and weights, the train-mode check).
 - `hessian`: `HessianOperator`, the loss Hessian through Hessian-vector products.
+- `preconditioned`: `PreconditionedOperator`, ``P^-1/2 H P^-1/2`` from an adaptive
+  optimizer's state, and `stability_threshold`, the sharpness its step keeps stable.
 - `sharding`: each rank's share of the data; `determinism`: the fixed-matrix check.
 """
 
@@ -18,6 +20,11 @@ from hessian_spectra.operators.model import (
     ParamSpec,
     select_parameters,
 )
+from hessian_spectra.operators.preconditioned import (
+    PreconditionedOperator,
+    Threshold,
+    stability_threshold,
+)
 
 __all__ = [
     "Criterion",
@@ -28,6 +35,9 @@ __all__ = [
     "ModelLoss",
     "ParamSpec",
     "ParameterSelection",
+    "PreconditionedOperator",
     "ShiftedOperator",
+    "Threshold",
     "select_parameters",
+    "stability_threshold",
 ]
