@@ -129,12 +129,25 @@ def _import_factory(spec: str, what: str) -> Any:
             f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); "
             "is it installed or on PYTHONPATH?"
         ) from exc
+    except SystemExit as exc:
+        raise ProblemError(
+            f"{what} {spec!r}: importing module {module_name!r} called sys.exit() "
+            f'(SystemExit({exc.code!r})); move that call under `if __name__ == "__main__":`'
+        ) from exc
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ProblemError(f"{what} {spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def _factory_exited(what: str, spec: str, exc: SystemExit, returns: str) -> str:
+    """The message for a factory that called sys.exit() instead of returning."""
+    return (
+        f"{what} {spec!r}: the factory called sys.exit() or exit() (SystemExit({exc.code!r})) "
+        f"instead of returning {returns}; make it return {returns}"
+    )
 
 
 def build_model(spec: str, seed: int) -> nn.Module:
@@ -150,6 +163,8 @@ def build_model(spec: str, seed: int) -> nn.Module:
     factory = _import_factory(spec, "--model")
     try:
         model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    except SystemExit as exc:
+        raise ProblemError(_factory_exited("--model", spec, exc, "the model")) from exc
     except Exception as exc:
         raise ProblemError(
             f"--model {spec!r}: the factory raised {type(exc).__name__}: {exc}"
@@ -278,6 +293,8 @@ def _raw_data(spec: str) -> tuple[Any, str]:
     factory = _import_factory(spec, "--data")
     try:
         obj = factory() if callable(factory) else factory
+    except SystemExit as exc:
+        raise ProblemError(_factory_exited("--data", spec, exc, "the data")) from exc
     except Exception as exc:
         raise ProblemError(
             f"--data {spec!r}: the factory raised {type(exc).__name__}: {exc}"
@@ -318,7 +335,19 @@ def load_data(
                 f"--data {spec!r} gives a DataLoader: --samples needs a dataset or tensors; "
                 "have the factory return the dataset instead"
             )
-        first = next(iter(obj))
+        if not hasattr(obj.dataset, "__len__"):
+            raise ProblemError(
+                f"--data {spec!r} gives a DataLoader over a dataset without a length (an "
+                "IterableDataset, which may never end); have the factory return a Dataset "
+                "with __len__, (inputs, targets) tensors, or a DataLoader over one"
+            )
+        try:
+            first = next(iter(obj))
+        except StopIteration:
+            raise ProblemError(
+                f"--data {spec!r} gives a DataLoader that yields no batch (its dataset is "
+                "empty, or drop_last=True drops every sample); give it at least one sample"
+            ) from None
         ex = (move(first[0][:2]), first[1][:2].to(device))
         return Data(obj, desc, len(obj.dataset), ex)  # type: ignore[arg-type]
     tensors: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -6,10 +6,11 @@ model and data options, prints a short table, and writes JSON (and PNG
 figures) to an output folder; ``demo`` and ``analyze`` also write a
 self-contained ``report.html``.
 
-Bad input (an unknown model or data name, a missing file, a checkpoint that does
-not fit, ``--k`` too large, an output folder that is a file) ends with one line
-on stderr and a non-zero exit status, never a traceback (``--traceback`` shows
-it for debugging).
+Bad input (an out-of-range option, an unknown model or data name, a missing
+file, a checkpoint that does not fit, ``--k`` too large, an output folder that
+is a file or cannot be written, a run that would not fit in memory) ends with
+one line on stderr and exit status 2 before anything is trained or computed,
+never a traceback (``--traceback`` shows it for debugging).
 
 Long runs are resumable: ``eigs`` (Lanczos), ``trace``, ``density`` and the
 same analyses of ``analyze`` save their state to ``<name>.ckpt`` in the output
@@ -33,6 +34,7 @@ import shlex
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,6 +43,7 @@ import torch.distributed as dist
 
 from hessian_spectra._progress import set_progress
 from hessian_spectra.checkpoint import CheckpointError
+from hessian_spectra.cli.checks import check_args
 from hessian_spectra.cli.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -70,10 +73,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore_sigterm = _sigterm_interrupts()
     started_group = False
     try:
+        check_args(args)
         started_group = _init_distributed(args)
         return int(args.func(args))
     except (CLIError, ProblemError, CheckpointError) as exc:
         note(f"{PROG}: error: {exc}")
+        return EXIT_BAD_INPUT
+    except SystemExit as exc:  # user code (a model, data or factory) called sys.exit()
+        if args.traceback:
+            traceback.print_exc()
+        note(
+            f"{PROG}: error: the run was stopped by SystemExit({exc.code!r}) from inside it: "
+            "the model, the data or a factory called sys.exit() or exit(); nothing after that "
+            "point was computed (run with --traceback to see where)"
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         note(_interrupted_message(list(sys.argv[1:] if argv is None else argv)))

@@ -114,7 +114,7 @@ def run_eigs(s: Setup, opts: EigsOptions, resume: Resume, out: Outcome) -> Any:
     op = hessian(s)
     method: Any = opts.method or "lanczos"
     kwargs: dict[str, Any] = {}
-    if opts.max_matvecs:
+    if opts.max_matvecs is not None:
         kwargs["max_matvecs"] = opts.max_matvecs
     if method == "block":
         kwargs["block_size"] = opts.block_size
@@ -206,7 +206,7 @@ def run_trace(s: Setup, opts: TraceOptions, resume: Resume, out: Outcome) -> Any
         hessian(s),
         method=opts.method,  # type: ignore[arg-type]
         # a standard-error target replaces the fixed budget
-        num_matvecs=None if opts.rtol else opts.num_matvecs,
+        num_matvecs=None if opts.rtol is not None else opts.num_matvecs,
         rtol=opts.rtol,
         seed=s.seed,
         progress=True,
@@ -397,7 +397,7 @@ def run_landscape(s: Setup, opts: LandscapeOptions, out: Outcome, top: Any) -> A
         op = hessian(s)
         dirs = [op.unflatten(top.eigenvectors[:, i]) for i in range(dims)]
         curv = np.asarray(top.eigenvalues, dtype=np.float64)[:dims]
-    span = float(opts.span) if opts.span else _auto_span(top)
+    span = float(opts.span) if opts.span is not None else _auto_span(top)
     if span <= 0:
         raise CLIError(f"--span must be positive, got {span}")
     land = loss_landscape(

@@ -8,7 +8,10 @@ batches, the loss, checked to fit together before any time is spent.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +86,13 @@ def device(name: str) -> torch.device:
 
 
 def prepare_out(path: str) -> Path:
-    """Create the output folder; refuse a path that is a file."""
+    """Create the output folder and check that files can be written in it.
+
+    A path that is a file, a folder that cannot be created, and a folder that
+    cannot be written into (read-only, full, no permission) are refused here,
+    before anything is trained or computed: a small probe file is written and
+    removed.
+    """
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; give a folder to write the results into")
@@ -91,6 +100,20 @@ def prepare_out(path: str) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CLIError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
+    probe = None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hessian-spectra-probe.", suffix=".tmp", dir=out)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"probe")
+            fh.flush()
+    except OSError as exc:
+        raise CLIError(
+            f"--out {out} is not writable ({exc.strerror or exc}); give a folder you can "
+            "write the results into"
+        ) from exc
+    finally:
+        if probe is not None:
+            Path(probe).unlink(missing_ok=True)
     return out
 
 
@@ -117,7 +140,12 @@ def _check_k(k: int | None, num_params: int, params: str | None) -> None:
 
 
 def build_setup(
-    inputs: Inputs, *, command: str, k: int | None = None, train_steps: int = 200
+    inputs: Inputs,
+    *,
+    command: str,
+    k: int | None = None,
+    train_steps: int = 200,
+    check: Callable[[int], None] | None = None,
 ) -> Setup:
     """Build the model, load the checkpoint and data, check they fit together.
 
@@ -127,6 +155,8 @@ def build_setup(
         k: eigenvalues the command computes, checked against the parameter count.
         train_steps: full-batch Adam steps when the digits CNN is trained here
             (no checkpoint).
+        check: called with the parameter count before anything is trained or
+            computed (the analyses' sizes and memory); raises `CLIError`.
     """
     seed = int(inputs.seed)
     dev = device(inputs.device)
@@ -157,6 +187,8 @@ def build_setup(
         ) from exc
     num_params = selected_count(model, inputs.params)
     _check_k(k, num_params, inputs.params)
+    if check is not None:
+        check(num_params)
     # the input is valid: only now spend time on training
     train_seconds, train_note = 0.0, ""
     if inputs.checkpoint:
