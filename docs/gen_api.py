@@ -31,6 +31,8 @@ GROUPS = [
             "DenseOperator",
             "ShiftedOperator",
             "HessianOperator",
+            "GGNOperator",
+            "FisherOperator",
             "PreconditionedOperator",
         ],
     ),

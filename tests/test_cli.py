@@ -320,6 +320,8 @@ def test_the_public_names():
         "DenseOperator",
         "ShiftedOperator",
         "HessianOperator",
+        "GGNOperator",
+        "FisherOperator",
         "PreconditionedOperator",
         "lanczos",
         "eigsh",

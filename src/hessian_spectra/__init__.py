@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "DenseOperator": "hessian_spectra.operators.base",
     "ShiftedOperator": "hessian_spectra.operators.base",
     "HessianOperator": "hessian_spectra.operators.hessian",
+    "GGNOperator": "hessian_spectra.operators.ggn",
+    "FisherOperator": "hessian_spectra.operators.fisher",
     "PreconditionedOperator": "hessian_spectra.operators.preconditioned",
     # algorithms
     "lanczos": "hessian_spectra.algorithms",
