@@ -605,6 +605,23 @@ class MonitorKeys:
     SECONDS: Final = "seconds"
     #: wall seconds since the monitor was made
     WALL: Final = "wall"
+    #: top-k eigenvalues of the preconditioned Hessian P^-1/2 H P^-1/2 (with an adaptive optimizer)
+    PRECONDITIONED_EIGENVALUES: Final = "preconditioned_eigenvalues"
+    #: HVPs of that eigensolve
+    PRECONDITIONED_MATVECS: Final = "preconditioned_matvecs"
+    #: the optimizer's edge-of-stability threshold at the update (e.g. 2 / lr, 38 / lr)
+    THRESHOLD: Final = "threshold"
+    #: which sharpness it bounds: "raw" (SGD) or "preconditioned" (Adam, RMSprop)
+    THRESHOLD_OF: Final = "threshold_of"
+    #: how it was computed, e.g. "38 / lr"
+    THRESHOLD_LABEL: Final = "threshold_label"
+    #: the spectral density's nodes and weights (stochastic Lanczos quadrature, with ``density``)
+    DENSITY_NODES: Final = "density_nodes"
+    DENSITY_WEIGHTS: Final = "density_weights"
+    #: HVPs of the density estimate
+    DENSITY_MATVECS: Final = "density_matvecs"
+    #: the number of parameters the Hessian is taken over (its size n)
+    SIZE: Final = "size"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -617,8 +634,10 @@ class MonitorResult(Result):
             ``eig_matvecs`` (HVPs of the eigensolver), ``warm`` (whether it was
             warm-started), ``cold_matvecs`` (HVPs of the cold start it replaced,
             when measured), ``trace`` and ``trace_stderr``, ``layer_traces``
-            (``{name: [estimate, stderr]}``, when asked for), ``seconds``, and
-            whatever values the training loop passed.
+            (``{name: [estimate, stderr]}``, when asked for), ``seconds``, the
+            preconditioned eigenvalues and the optimizer's stability threshold
+            (given an optimizer), the density's nodes and weights (when asked
+            for), and whatever values the training loop passed.
         k: eigenvalues tracked.
         hvps_saved: HVPs saved by warm starts against measured cold starts
             (None when no cold start was measured).

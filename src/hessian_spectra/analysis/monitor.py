@@ -9,6 +9,14 @@ The saving is measured, not guessed, when ``compare_cold=True`` (each update
 also runs the cold start it replaces, same seed); otherwise each update's count
 is set beside the first update's, which was cold.
 
+Given the training's optimizer, each update also records the optimizer's
+edge-of-stability threshold (2 / lr for SGD, 38 / lr for Adam at beta1 = 0.9)
+and, for Adam, AdamW, RMSprop or Adagrad, the top eigenvalues of the
+preconditioned Hessian ``P^-1/2 H P^-1/2`` that this threshold bounds. A
+TensorBoard ``writer`` gets every record as scalars (``hessian/lambda_1``,
+...), and ``max_overhead`` spaces the updates so that they take at most that
+share of the wall time (see ``analysis/tracking.py``).
+
 Example:
     >>> import tempfile, torch, hessian_spectra as hs
     >>> _ = torch.manual_seed(0)
@@ -47,6 +55,12 @@ from torch import nn
 from hessian_spectra.algorithms import eigsh
 from hessian_spectra.algorithms import trace as estimate_trace
 from hessian_spectra.analysis.layers import group_blocks
+from hessian_spectra.analysis.tracking import (
+    OverheadBudget,
+    adaptive_sharpness,
+    density_entries,
+    write_record,
+)
 from hessian_spectra.figures import save_figure
 from hessian_spectra.operators import HessianOperator
 from hessian_spectra.plots import plot_monitor
@@ -78,6 +92,17 @@ class SpectrumMonitor:
         seed: seed of every random start and probe (the same at each update,
             so that changes in the series come from the model, not the probes).
         max_matvecs: cap on each eigensolve's HVPs.
+        optimizer: the training's optimizer: each update records its stability
+            threshold and, for Adam, AdamW, RMSprop or Adagrad (once they have
+            stepped), the top-k eigenvalues of ``P^-1/2 H P^-1/2`` (warm-started).
+        preconditioned: compute those preconditioned eigenvalues (given an optimizer).
+        density: Lanczos steps of a one-probe spectral density at each update (0: none).
+        writer: a TensorBoard writer (``add_scalar``; ``add_histogram_raw`` for the
+            density), e.g. ``torch.utils.tensorboard.SummaryWriter``; every record
+            is written at its step.
+        max_overhead: the share of the wall time since the first call that
+            updates may take (e.g. 0.05); `__call__` skips a due update that would
+            exceed it. None: no budget.
         eval_mode: put the model in eval mode during an update (BatchNorm and
             Dropout must not act in train mode while the Hessian is taken), then
             restore its mode.
@@ -103,6 +128,11 @@ class SpectrumMonitor:
         seed: int = 0,
         max_matvecs: int | None = None,
         eval_mode: bool = True,
+        optimizer: Any = None,
+        preconditioned: bool = True,
+        density: int = 0,
+        writer: Any = None,
+        max_overhead: float | None = None,
     ) -> None:
         if (criterion is None) == (loss_fn is None):
             raise ValueError("give exactly one of `criterion` or `loss_fn`")
@@ -131,6 +161,14 @@ class SpectrumMonitor:
         self.seed = int(seed)
         self.max_matvecs = max_matvecs
         self.eval_mode = bool(eval_mode)
+        self.optimizer = optimizer
+        self.preconditioned = bool(preconditioned)
+        if int(density) < 0:
+            raise ValueError(f"density must be a number of Lanczos steps >= 0, got {density}")
+        self.density = int(density)
+        self.writer = writer
+        self.budget = OverheadBudget(max_overhead)
+        self._pvectors: torch.Tensor | None = None
         self.records: list[dict[str, Any]] = []
         self._vectors: torch.Tensor | None = None
         self._t0 = time.perf_counter()
@@ -144,6 +182,8 @@ class SpectrumMonitor:
             **values: extra numbers to keep with the record (e.g. ``lr=0.1, loss=...``).
         """
         if int(step) % self.every != 0:
+            return None
+        if not self.budget.allows():
             return None
         return self.update(step, **values)
 
@@ -223,6 +263,7 @@ class SpectrumMonitor:
                         str(name): [float(est), float(errs.get(name, float("nan")))]
                         for name, est in tr.block_estimates.items()
                     }
+            self._extras(op, record)
         finally:
             self.model.train(was_training)
         record[Key.SECONDS] = time.perf_counter() - t0
@@ -232,7 +273,32 @@ class SpectrumMonitor:
                 raise ValueError(f"{key!r} is a name the monitor records itself; rename it")
             record[key] = _plain(val)
         self.records.append(record)
+        self.budget.spend(record[Key.SECONDS])
+        if self.writer is not None:
+            write_record(self.writer, record, int(step))
         return record
+
+    def _extras(self, op: HessianOperator, record: dict[str, Any]) -> None:
+        """The size, the optimizer's threshold and preconditioned top-k, the density."""
+        record[Key.SIZE] = int(op.shape[0])
+        if self.optimizer is not None:
+            kwargs: dict[str, Any] = {"method": self.method, "tol": self.tol, "seed": self.seed}
+            if self.max_matvecs is not None:
+                kwargs["max_matvecs"] = self.max_matvecs
+            entries, vectors = adaptive_sharpness(
+                op,
+                self.optimizer,
+                self.k,
+                v0=self._pvectors if self.warm_start else None,
+                preconditioned=self.preconditioned,
+                which="LA",
+                **kwargs,
+            )
+            record.update(entries)
+            if vectors is not None:
+                self._pvectors = vectors
+        if self.density:
+            record.update(density_entries(op, self.density, self.seed))
 
     # ------------------------------------------------------------------ summaries
     @property
@@ -253,6 +319,7 @@ class SpectrumMonitor:
         total = 0
         for r in self.records:
             total += r[Key.EIG_MATVECS] + r.get(Key.TRACE_MATVECS, 0)
+            total += r.get(Key.PRECONDITIONED_MATVECS, 0) + r.get(Key.DENSITY_MATVECS, 0)
             if r[Key.WARM] and r.get(Key.COLD_MATVECS) is not None:
                 total += r[Key.COLD_MATVECS]
         return total
@@ -277,6 +344,9 @@ class SpectrumMonitor:
                 "trace": self.trace,
                 "trace_matvecs": self.trace_matvecs,
                 "layers": self.layers,
+                "optimizer": None if self.optimizer is None else type(self.optimizer).__name__,
+                "density": self.density,
+                **self.budget.summary(),
             },
         )
 

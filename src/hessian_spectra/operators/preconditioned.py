@@ -38,7 +38,7 @@ import torch
 
 from hessian_spectra.operators.base import LinearOperator, digest
 
-__all__ = ["PreconditionedOperator", "Threshold", "stability_threshold"]
+__all__ = ["PreconditionedOperator", "Threshold", "has_preconditioner", "stability_threshold"]
 
 #: optimizer classes whose state holds a diagonal preconditioner, by the rule that reads it
 _ADAM = (torch.optim.Adam, torch.optim.AdamW)
@@ -104,6 +104,23 @@ def _preconditioner(
                 v = v.addcmul(state["grad_avg"], state["grad_avg"], value=-1)
             return v.sqrt().add(eps)
         return state["sum"].sqrt().add(eps)  # Adagrad
+
+
+def has_preconditioner(optimizer: Any, params: Sequence[torch.Tensor] | None = None) -> bool:
+    """Whether the optimizer keeps a diagonal preconditioner with state for `params` yet.
+
+    True for Adam, AdamW, RMSprop and Adagrad once they have stepped every
+    tensor of `params` (default: all they optimize); False for other optimizers
+    and before the first step.
+    """
+    try:
+        opt = _unwrap(optimizer)
+    except TypeError:
+        return False
+    if not isinstance(opt, (*_ADAM, *_RMSPROP, *_ADAGRAD)):
+        return False
+    tensors = [p for g in opt.param_groups for p in g["params"]] if params is None else params
+    return all(_step_count(opt.state.get(p, {})) >= 1 for p in tensors)
 
 
 class PreconditionedOperator(LinearOperator):

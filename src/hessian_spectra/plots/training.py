@@ -70,44 +70,116 @@ def plot_layer_traces(
     return fig
 
 
+def stability_threshold(lr: float, beta1: float = 0.0) -> float:
+    """The edge-of-stability threshold ``(2 + 2 beta1) / ((1 - beta1) lr)`` (Cohen et al. 2022).
+
+    2 / lr for gradient descent (``beta1 = 0``); 38 / lr for Adam with
+    ``beta1 = 0.9``, where it bounds the preconditioned sharpness.
+
+    Example:
+        >>> stability_threshold(0.1), round(stability_threshold(1e-3, 0.9))
+        (20.0, 38000)
+    """
+    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
+
+
+def _threshold_series(
+    recs: list, lr_key: str | None, beta1_key: str | None
+) -> tuple[np.ndarray, str, bool] | None:
+    """(values, label, preconditioned) of the threshold the records hold or imply, or None."""
+    if any(r.get(Key.THRESHOLD) is not None for r in recs):
+        vals = np.asarray([r.get(Key.THRESHOLD) or np.nan for r in recs], dtype=np.float64)
+        labels = [r[Key.THRESHOLD_LABEL] for r in recs if r.get(Key.THRESHOLD_LABEL)]
+        label = labels[-1].replace("lr", "learning rate") if labels else "stability threshold"
+        pre = any(r.get(Key.THRESHOLD_OF) == "preconditioned" for r in recs)
+        return vals, label, pre
+    lrs = [r.get(lr_key) for r in recs] if lr_key else []
+    if not any(v is not None for v in lrs):
+        return None
+    betas = [float(r.get(beta1_key) or 0.0) if beta1_key else 0.0 for r in recs]
+    vals = np.asarray(
+        [stability_threshold(float(v), b) if v else np.nan for v, b in zip(lrs, betas, strict=True)]
+    )
+    b = betas[-1]
+    if b == 0.0:
+        return vals, "2 / learning rate", False
+    coef = fmt((2.0 + 2.0 * b) / (1.0 - b), 3)
+    return vals, f"{coef} / learning rate (β1 = {fmt(b, 3)})", True
+
+
+def _eigen_panel(ax, steps, recs, key: str, k: int, threshold, title: str, x_label: str) -> None:
+    for i in range(k):
+        vals = np.asarray([r[key][i] if len(r.get(key) or []) > i else np.nan for r in recs])
+        ax.plot(steps, vals, marker="o", ms=2.5, lw=1.2, label=f"λ{i + 1}" if k <= 6 else None)
+    if threshold is not None:
+        ax.plot(steps, threshold[0], "k--", lw=1.0, label=threshold[1])
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(EIG_LABEL)
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+
+
 @styled
 def plot_monitor(
     result: MonitorResult,
     *,
     lr_key: str | None = "lr",
+    beta1_key: str | None = "beta1",
     x_label: str = "training step",
     title: str | None = None,
 ) -> Figure:
-    """A `SpectrumMonitor` series: top eigenvalues (with 2/lr), trace, and HVPs per update.
+    """A `SpectrumMonitor` series: top eigenvalues against the stability threshold, trace, HVPs.
+
+    With an adaptive optimizer the preconditioned eigenvalues get a panel of
+    their own. The threshold drawn is the one the monitor recorded from its
+    optimizer (``threshold``: 2 / lr for SGD, 38 / lr for Adam with beta1 = 0.9,
+    on the preconditioned panel for Adam), else ``(2 + 2 beta1) / ((1 - beta1) lr)``
+    from recorded ``lr`` and ``beta1`` values (2 / lr without ``beta1``).
 
     Args:
         result: `SpectrumMonitor.result()` or a loaded `MonitorResult`.
-        lr_key: recorded value holding the learning rate of plain gradient descent;
-            where present, its stability threshold 2 / lr is drawn (None: never).
+        lr_key: recorded value holding the learning rate, used when no threshold
+            was recorded (None: never draw one from it).
+        beta1_key: recorded value holding Adam's beta1 (or None).
         x_label: what the steps count.
         title: the figure title.
     """
     recs = list(result.records)
     has_trace = any(r.get(Key.TRACE) is not None for r in recs)
-    fig, axes = new_figure(11.0 if has_trace else 7.6, 3.5, ncols=3 if has_trace else 2)
-    ax1 = axes[0]
+    has_pre = any(r.get(Key.PRECONDITIONED_EIGENVALUES) for r in recs)
+    ncols = 2 + int(has_trace) + int(has_pre)
+    fig, axes = new_figure(3.7 * ncols, 3.5, ncols=ncols)
     steps = np.asarray([r[Key.STEP] for r in recs], dtype=np.float64)
     k = result.k
-    for i in range(k):
-        vals = np.asarray(
-            [r[Key.EIGENVALUES][i] if len(r[Key.EIGENVALUES]) > i else np.nan for r in recs]
+    threshold = _threshold_series(recs, lr_key, beta1_key)
+    pre_threshold = threshold if threshold is not None and threshold[2] else None
+    raw_threshold = threshold if threshold is not None and not threshold[2] else None
+    _eigen_panel(
+        axes[0],
+        steps,
+        recs,
+        Key.EIGENVALUES,
+        k,
+        raw_threshold,
+        f"Top-{k} Hessian eigenvalues",
+        x_label,
+    )
+    col = 1
+    if has_pre:
+        _eigen_panel(
+            axes[1],
+            steps,
+            recs,
+            Key.PRECONDITIONED_EIGENVALUES,
+            k,
+            pre_threshold,
+            "Preconditioned: P^-1/2 H P^-1/2",
+            x_label,
         )
-        ax1.plot(steps, vals, marker="o", ms=2.5, lw=1.2, label=f"λ{i + 1}" if k <= 6 else None)
-    lrs = [r.get(lr_key) for r in recs] if lr_key else []
-    if any(v is not None for v in lrs):
-        thr = np.asarray([2.0 / float(v) if v else np.nan for v in lrs])
-        ax1.plot(steps, thr, "k--", lw=1.0, label="2 / learning rate")
-    ax1.set_xlabel(x_label)
-    ax1.set_ylabel(EIG_LABEL)
-    ax1.set_title(f"Top-{k} Hessian eigenvalues")
-    ax1.legend(frameon=False, fontsize=8)
-    ax2 = axes[1]
+        col = 2
     if has_trace:
+        ax2 = axes[col]
+        col += 1
         traced = [r for r in recs if r.get(Key.TRACE) is not None]
         tsteps = np.asarray([r[Key.STEP] for r in traced])
         tr = np.asarray([r[Key.TRACE] for r in traced])
@@ -125,9 +197,7 @@ def plot_monitor(
         ax2.set_ylabel("trace of the Hessian (loss / parameter²)")
         ax2.set_title("Hessian trace (XTrace)" + (" and per layer" if names else ""))
         ax2.legend(frameon=False, fontsize=8)
-        ax3 = axes[2]
-    else:
-        ax3 = ax2
+    ax3 = axes[col]
     warm = np.asarray([r[Key.EIG_MATVECS] for r in recs], dtype=np.float64)
     cold = np.asarray(
         [r[Key.COLD_MATVECS] if r.get(Key.COLD_MATVECS) is not None else np.nan for r in recs],
@@ -136,6 +206,16 @@ def plot_monitor(
     ax3.plot(steps, warm, marker="o", ms=2.5, color="C0", label="used (warm start)")
     if np.isfinite(cold).any():
         ax3.plot(steps, cold, marker="s", ms=2.5, color="C1", ls="--", label="cold start")
+    if has_pre:
+        pre = [r.get(Key.PRECONDITIONED_MATVECS) for r in recs]
+        ax3.plot(
+            steps,
+            np.asarray([np.nan if v is None else v for v in pre], dtype=np.float64),
+            marker="^",
+            ms=2.5,
+            color="C4",
+            label="preconditioned (warm start)",
+        )
     ax3.set_xlabel(x_label)
     ax3.set_ylabel("HVPs per eigensolve")
     saved = result.hvps_saved
