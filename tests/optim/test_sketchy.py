@@ -35,7 +35,7 @@ def test_step_is_newtons_on_a_quadratic(rank):
 def test_auto_step_on_a_quadratic_is_half_newton():
     """The preconditioned Hessian is I, so L = 1 and the automatic step is lr_scale = 1/2."""
     A, b, x, f = _quadratic()
-    opt = SketchySGD([x], rank=8, rho=1e-13, seed=0)
+    opt = SketchySGD([x], rank=8, rho=1e-13, cap_decrease=False, seed=0)
     opt.step(f)
     assert opt.lambda_max == pytest.approx(1.0, rel=1e-6)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5, rel=1e-6)
@@ -43,6 +43,49 @@ def test_auto_step_on_a_quadratic_is_half_newton():
     assert torch.allclose(x.detach(), 0.5 * x_star, rtol=1e-6, atol=1e-9)
     # the gradient of the step is left in .grad
     assert torch.allclose(x.grad, -b)
+
+
+def test_decrease_cap_on_the_automatic_step():
+    """The step never promises (by the quadratic model) more decrease than the loss."""
+    A, b, x, quadratic = _quadratic()
+    x_star = torch.linalg.solve(A, b)
+    delta2 = float(b @ x_star)  # g^T H^-1 g at x = 0
+    for offset, capped in [(delta2 / 2, False), (delta2 / 20, True)]:
+        with torch.no_grad():
+            x.zero_()
+        opt = SketchySGD([x], rank=8, rho=1e-13, seed=0)
+        opt.step(lambda offset=offset: quadratic() + offset)  # loss at x = 0: offset
+        t = 1 - (1 - 2 * offset / delta2) ** 0.5 if capped else 0.5
+        assert opt.last_step_size == pytest.approx(t, rel=1e-6)
+        assert torch.allclose(x.detach(), t * x_star, rtol=1e-6)
+    # a quadratic whose minimum is 0 is never capped: the full step promises exactly f - f*
+    with torch.no_grad():
+        x.zero_()
+    opt = SketchySGD([x], rank=8, rho=1e-13, seed=0)
+    opt.step(lambda: quadratic() + delta2 / 2)
+    assert opt.last_step_size == pytest.approx(0.5, rel=1e-6)
+
+
+def test_guard_undoes_a_step_that_blows_up_the_loss():
+    """A huge fixed step: the next loss is far above the running average, so it is undone."""
+    A, b, x, quadratic = _quadratic(n=8, cond=10.0)
+    f_min = float(-0.5 * b @ torch.linalg.solve(A, b))
+
+    def f():
+        return quadratic() - f_min + 1.0  # positive, 1 at the minimum
+
+    opt = SketchySGD([x], rank=8, lr=50.0, update_every=100, seed=0)
+    start = float(f().detach())
+    opt.step(f)
+    after_first = x.detach().clone()
+    assert float(f().detach()) > 10 * start  # the step overshot
+    opt.step(f)
+    assert torch.equal(x.detach(), torch.zeros(8, dtype=torch.float64))  # back to the start
+    assert opt.damping == 0.5 and opt.num_rejected == 1
+    assert opt.history[-1]["kind"] == "rejected"
+    opt.step(f)  # the curvature is sketched again at the restored point, half the step
+    assert opt.history[-1]["kind"] == "refresh"
+    assert torch.allclose(x.detach(), 0.5 * after_first)
 
 
 def test_hvps_are_counted():

@@ -25,8 +25,27 @@ Hessian is a noisy sample and the sketch is fitted to the batch it was taken on:
    ``NOISE_WINDOW`` refreshes multiplies the sketch-batch estimate at the
    next refresh, until that refresh's own fresh checks arrive.
 
-``history`` holds one record per refresh and per check (the estimates, the
-ratio, rho, the step size, HVPs so far), so the variation is measured, not assumed.
+Two more safeguards are not about noise but about the quadratic model being
+wrong far from a minimum (logistic regression with saturated predictions has
+almost no curvature, so ``P^-1 g`` is huge while the loss is nearly linear):
+
+4. for a non-negative loss, the step never lets the quadratic model promise
+   a larger decrease than the loss itself: with ``delta^2 = g^T P^-1 g`` the
+   model's decrease along ``-t P^-1 g`` is ``(t - t^2 / 2) delta^2``, so t is
+   at most the root of ``(t - t^2 / 2) delta^2 = loss``. On a quadratic with
+   minimum >= 0 the bound is never active (the full Newton step promises
+   exactly ``f - f*``); with saturated logits it is what keeps the step sane.
+   It is scale-free: multiplying the loss by c changes neither side's ratio;
+5. a step after which the mini-batch loss exceeds ``guard`` times the lowest running
+average of the loss so far (or is not finite) is undone: the parameters go
+back, the step size is halved (``damping``), momentum is cleared and the
+curvature is sketched again at the restored point. Each refresh doubles the
+damping back towards 1. This costs no extra pass: the next step's loss is the
+test, and one copy of the parameters is kept.
+
+``history`` holds one record per refresh, check and rejected step (the
+estimates, the ratio, rho, the step size, HVPs so far), so the variation is
+measured, not assumed.
 """
 
 from __future__ import annotations
@@ -46,6 +65,8 @@ from hessian_spectra.optim.nystrom import NystromPreconditioner
 NOISE_WINDOW = 5
 #: The default number of steps between refreshes (pass len(loader) for once per epoch).
 DEFAULT_UPDATE_EVERY = 100
+#: Smoothing of the running average of mini-batch losses the guard compares with.
+LOSS_AVERAGE = 0.9
 
 
 def top_eigenvalue(
@@ -119,6 +140,12 @@ class SketchySGD(torch.optim.Optimizer):
             curvature such as a GGN operator where the Hessian is indefinite).
         lanczos_steps: Lanczos steps (HVPs) per estimate of L.
         lr_checks: fresh mini-batches on which L is measured again after each refresh.
+        cap_decrease: bound the automatic step size so that the quadratic model
+            never promises a larger decrease than the (non-negative) loss; a
+            fixed lr is never bounded.
+        guard: undo a step after which the mini-batch loss exceeds ``guard`` times
+            the lowest running average of the loss (for positive losses), or is
+            not finite; None turns the guard off.
         seed: the seed of the sketches and Lanczos starts (None: drawn from torch's
             global generator).
 
@@ -126,6 +153,9 @@ class SketchySGD(torch.optim.Optimizer):
         num_matvecs: HVPs spent so far (sketches and step-size estimates).
         num_graphs: steps that built a gradient graph for HVPs (``create_graph=True``)
             plus extra ``hessian_batch`` passes.
+        num_rejected: steps the guard undid.
+        damping: the factor (at most 1) on every group's step size, halved by each
+            rejected step.
         preconditioner: the current `NystromPreconditioner` (None before the first step).
         history: one record per refresh or check of the step size.
     """
@@ -144,6 +174,8 @@ class SketchySGD(torch.optim.Optimizer):
         hessian_batch: Any = None,
         lanczos_steps: int = BOUND_STEPS,
         lr_checks: int = 1,
+        cap_decrease: bool = True,
+        guard: float | None = 10.0,
         seed: int | None = None,
     ) -> None:
         auto = isinstance(lr, str)
@@ -164,6 +196,8 @@ class SketchySGD(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
         if not float(lr_scale) > 0:
             raise ValueError(f"lr_scale must be positive, got {lr_scale}")
+        if guard is not None and not float(guard) > 1:
+            raise ValueError(f"guard must be above 1 (or None), got {guard}")
         if int(lanczos_steps) < 1 or int(lr_checks) < 0:
             raise ValueError("lanczos_steps must be at least 1 and lr_checks non-negative")
         if not (hessian_batch is None or callable(hessian_batch)) and not isinstance(
@@ -187,6 +221,9 @@ class SketchySGD(torch.optim.Optimizer):
         self.hessian_batch = hessian_batch
         self.lanczos_steps = int(lanczos_steps)
         self.lr_checks = int(lr_checks)
+        self.guard = None if guard is None else float(guard)
+        self.cap_decrease = bool(cap_decrease)
+        self.last_step_size = math.nan  # the step size the last step took (first group)
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self.seed = int(seed)
@@ -203,6 +240,12 @@ class SketchySGD(torch.optim.Optimizer):
         self._ratios: list[float] = []  # fresh / sketch-batch L, one per refresh
         self._ratio_now = 0.0  # the largest of this refresh's checks so far
         self._top: torch.Tensor | None = None  # warm start of the Lanczos runs
+        self.damping = 1.0
+        self.num_rejected = 0
+        self._loss_avg = math.nan  # running average of accepted mini-batch losses
+        self._loss_ref = math.inf  # its lowest value so far
+        self._previous: torch.Tensor | None = None  # the parameters before the last step
+        self._force_refresh = False
         params_all = self._params()
         dtypes = {p.dtype for p in params_all}
         if len(dtypes) != 1:
@@ -283,7 +326,7 @@ class SketchySGD(torch.optim.Optimizer):
 
     def _record(self, kind: str, **values: Any) -> None:
         rec = {"step": self._step, "kind": kind, **values, "L": self._L}
-        rec["lr"] = self.param_groups[0]["lr"]
+        rec["lr"] = self.param_groups[0]["lr"] * self.damping
         rec["hvps"] = self.num_matvecs
         self.history.append(rec)
 
@@ -294,6 +337,8 @@ class SketchySGD(torch.optim.Optimizer):
         )
         self.num_matvecs += op.num_matvecs - before
         self._refreshes += 1
+        if not self._force_refresh:  # a scheduled refresh: let the step size recover
+            self.damping = min(1.0, 2.0 * self.damping)
         pre = self.preconditioner
         lam = pre.eigenvalues
         values: dict[str, Any] = {
@@ -321,6 +366,43 @@ class SketchySGD(torch.optim.Optimizer):
         self._set_lr(max(self._L, upper))
         self._record("check", estimate=upper, ritz=theta, residual=res, ratio=ratio)
 
+    def _rejects(self, loss: float) -> bool:
+        """Whether the loss after the last step says to undo it (and track the average)."""
+        if self.guard is None or self._previous is None:
+            if math.isfinite(loss):
+                self._average(loss)
+            return False
+        if not math.isfinite(loss):
+            return True
+        if self._loss_ref > 0 and loss > self.guard * self._loss_ref:
+            return True
+        self._average(loss)
+        return False
+
+    def _average(self, loss: float) -> None:
+        a = LOSS_AVERAGE
+        self._loss_avg = loss if math.isnan(self._loss_avg) else a * self._loss_avg + (1 - a) * loss
+        self._loss_ref = min(self._loss_ref, self._loss_avg)
+
+    def _undo(self, params: list[torch.Tensor], loss: float) -> None:
+        """Put back the parameters before the last step, halve the step, sketch again."""
+        assert self._previous is not None
+        with torch.no_grad():
+            offset = 0
+            for p in params:
+                k = p.numel()
+                p.copy_(self._previous[offset : offset + k].view_as(p))
+                p.grad = None
+                offset += k
+        for p in params:
+            self.state[p].pop("momentum_buffer", None)
+        self._previous = None
+        self.damping *= 0.5
+        self.num_rejected += 1
+        self._force_refresh = True
+        self._step += 1
+        self._record("rejected", loss=loss, reference=self._loss_ref)
+
     # ------------------------------------------------------------------ the step
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
         """One step on the loss `closure` returns (it must not call backward).
@@ -329,10 +411,17 @@ class SketchySGD(torch.optim.Optimizer):
             The closure's loss (detached).
         """
         params = self._params()
-        refresh = self.preconditioner is None or self._step % self.update_every == 0
+        refresh = (
+            self.preconditioner is None
+            or self._force_refresh
+            or self._step % self.update_every == 0
+        )
         check = not refresh and self.auto_lr and self._checks_left > 0
         graph = check or (refresh and self.hessian_batch is None)
         loss = call_closure(closure, params, type(self).__name__)
+        if self._rejects(float(loss.detach())):
+            self._undo(params, float(loss.detach()))
+            return loss.detach()
         grads = gradients(loss, params, create_graph=graph)
         if graph:
             self.num_graphs += 1
@@ -343,18 +432,32 @@ class SketchySGD(torch.optim.Optimizer):
             assert step_graph is not None
             self._check(step_graph)
         del step_graph
+        self._force_refresh = False
         g = flat(grads)
         del grads
         with torch.no_grad():
             w = flat(params)
+            if self.guard is not None:
+                self._previous = w.clone()
             if self.weight_decay:
                 g_total = g + self.weight_decay * w
             else:
                 g_total = g
             assert self.preconditioner is not None
             d = self.preconditioner.with_shift(self.weight_decay).solve(g_total)
+            cap = math.inf
+            value = float(loss.detach())
+            if self.cap_decrease and value > 0:
+                delta2 = float(g_total @ d)  # the Newton decrement squared, in P's norm
+                if delta2 > 2 * value:  # (t - t^2/2) delta2 = value has a root t < 1
+                    cap = 1.0 - math.sqrt(1.0 - 2.0 * value / delta2)
             offset = 0
-            for group in self.param_groups:
+            for i, group in enumerate(self.param_groups):
+                size = group["lr"] * self.damping
+                if group["auto_lr"]:
+                    size = min(size, cap)
+                if i == 0:
+                    self.last_step_size = size
                 beta = group["momentum"]
                 for p in group["params"]:
                     k = p.numel()
@@ -369,7 +472,7 @@ class SketchySGD(torch.optim.Optimizer):
                         else:
                             buf.mul_(beta).add_(dp, alpha=1 - beta)
                         dp = buf
-                    p.add_(dp, alpha=-group["lr"])
+                    p.add_(dp, alpha=-size)
         self._step += 1
         return loss.detach()
 
@@ -394,6 +497,13 @@ class SketchySGD(torch.optim.Optimizer):
             "num_graphs": self.num_graphs,
             "seed": self.seed,
             "history": [dict(r) for r in self.history],
+            "damping": self.damping,
+            "num_rejected": self.num_rejected,
+            "loss_avg": self._loss_avg,
+            "loss_ref": self._loss_ref,
+            "previous": None if self._previous is None else self._previous.clone(),
+            "force_refresh": self._force_refresh,
+            "last_step_size": self.last_step_size,
         }
         return sd
 
@@ -422,6 +532,14 @@ class SketchySGD(torch.optim.Optimizer):
         self.num_graphs = int(extra["num_graphs"])
         self.seed = int(extra["seed"])
         self.history = [dict(r) for r in extra["history"]]
+        self.damping = float(extra["damping"])
+        self.num_rejected = int(extra["num_rejected"])
+        self._loss_avg = float(extra["loss_avg"])
+        self._loss_ref = float(extra["loss_ref"])
+        prev = extra["previous"]
+        self._previous = None if prev is None else prev.clone()
+        self._force_refresh = bool(extra["force_refresh"])
+        self.last_step_size = float(extra["last_step_size"])
 
 
 __all__ = ["SketchySGD", "top_eigenvalue"]
