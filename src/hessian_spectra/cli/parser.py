@@ -344,9 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="FILE", help="start from this state_dict")
     p.add_argument("--samples", type=int, metavar="N", help="train on a fixed subset of N")
     p.add_argument("--epochs", type=int, help="epochs (default: 200 for digits, 160 for resnets)")
-    p.add_argument("--lr", type=float, help="learning rate (default: 0.01 Adam / 0.1 SGD)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: 0.01 Adam / 0.1 SGD / automatic for sketchy-sgd)",
+    )
     p.add_argument("--batch-size", type=int, help="default: full batch (digits) / 128")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), help="default: adam (digits) / sgd")
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam", "sketchy-sgd"),
+        help="default: adam (digits) / sgd; sketchy-sgd preconditions with a Nystrom sketch of "
+        "the Hessian refreshed once per epoch and sets its own step size (hs.optim.SketchySGD)",
+    )
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, help="default: 0 (digits) / 5e-4")
     p.add_argument(

@@ -4,8 +4,11 @@ The digits CNN trains full batch with Adam; the ResNets with SGD, momentum
 0.9, weight decay 5e-4 and the learning rate divided by 10 at half and three
 quarters of the epochs (the study's recipe). Every ``--monitor-every`` epochs a
 `SpectrumMonitor` measures the top eigenvalues and the trace on a fixed
-subset. Writes ``model.pt``, ``training.json`` and, when monitored,
-``monitor.json`` and ``monitor.png``.
+subset. ``--optimizer sketchy-sgd`` trains with `hs.optim.SketchySGD` (a
+Nystrom sketch of the mini-batch Hessian refreshed once per epoch, its own step
+size unless ``--lr`` is given). Writes ``model.pt``, ``training.json``,
+``training.png`` (loss, largest eigenvalue and step size per epoch) and, when
+monitored, ``monitor.json`` and ``monitor.png``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from hessian_spectra.analysis.monitor import SpectrumMonitor
 from hessian_spectra.cli.errors import EXIT_INTERRUPTED, PROG, CLIError
 from hessian_spectra.cli.output import note, say, table
 from hessian_spectra.cli.setup import device, prepare_out
-from hessian_spectra.figures import save_figure
+from hessian_spectra.figures import new_figure, save_figure
+from hessian_spectra.optim import SketchySGD
 from hessian_spectra.problems import (
     BUILTIN_MODELS,
     build_model,
@@ -80,17 +84,26 @@ def _recipe(o: TrainOptions, full_batch: bool, num_samples: int) -> _Recipe:
     bs = o.batch_size if o.batch_size is not None else (num_samples if full_batch else 128)
     if epochs < 1 or lr <= 0 or bs < 1:
         raise CLIError("--epochs, --lr and --batch-size must be positive")
+    optimizer = o.optimizer or ("adam" if full_batch else "sgd")
     milestones = (
         []
-        if full_batch and o.decay is None
+        if (full_batch and o.decay is None) or (optimizer == "sketchy-sgd" and o.lr is None)
         else [int(f * epochs) for f in (o.decay or (0.5, 0.75))]
     )
-    return _Recipe(epochs, lr, bs, o.optimizer or ("adam" if full_batch else "sgd"), milestones)
+    return _Recipe(epochs, lr, bs, optimizer, milestones)
 
 
 def _optimizer(
-    model: nn.Module, o: TrainOptions, r: _Recipe, full_batch: bool
+    model: nn.Module, o: TrainOptions, r: _Recipe, full_batch: bool, steps_per_epoch: int
 ) -> torch.optim.Optimizer:
+    if r.optimizer == "sketchy-sgd":  # one refresh per epoch, as in the paper
+        return SketchySGD(
+            model.parameters(),
+            lr="auto" if o.lr is None else o.lr,
+            update_every=steps_per_epoch,
+            weight_decay=o.weight_decay or 0.0,
+            seed=o.seed,
+        )
     if r.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=o.weight_decay or 0.0)
     wd = o.weight_decay if o.weight_decay is not None else (0.0 if full_batch else 5e-4)
@@ -136,12 +149,26 @@ def _epoch(
         sel: Any = perm[i : i + bs] if perm is not None else slice(None)
         xb, yb = x[sel], y[sel]
         opt.zero_grad(set_to_none=True)
-        logits = model(xb)
-        loss = criterion(logits, yb)
-        if not torch.isfinite(loss):
-            raise CLIError(f"the loss became {loss.item()} at epoch {epoch}; lower --lr")
-        loss.backward()
-        opt.step()
+        if isinstance(opt, SketchySGD):  # it differentiates the closure's loss itself
+            out: dict[str, torch.Tensor] = {}
+
+            def closure(
+                xb: torch.Tensor = xb, yb: torch.Tensor = yb, out: dict = out
+            ) -> torch.Tensor:
+                out["logits"] = model(xb)
+                return criterion(out["logits"], yb)
+
+            loss = opt.step(closure)
+            logits = out["logits"].detach()
+            if not torch.isfinite(loss):
+                raise CLIError(f"the loss became {loss.item()} at epoch {epoch}; pass --lr")
+        else:
+            logits = model(xb)
+            loss = criterion(logits, yb)
+            if not torch.isfinite(loss):
+                raise CLIError(f"the loss became {loss.item()} at epoch {epoch}; lower --lr")
+            loss.backward()
+            opt.step()
         total += float(loss.detach()) * len(xb)
         correct += int((logits.argmax(1) == yb).sum())
         seen += len(xb)
@@ -181,16 +208,17 @@ def train(o: TrainOptions) -> int:
             f"model {name} does not fit data {data_spec}: {str(exc).splitlines()[0]}"
         ) from exc
     plan = _recipe(o, full_batch, len(x))
-    opt = _optimizer(model, o, plan, full_batch)
+    opt = _optimizer(model, o, plan, full_batch, -(-len(x) // plan.batch_size))
     plain_gd = plan.optimizer == "sgd" and o.momentum == 0
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=plan.milestones, gamma=0.1)
     monitor = _monitor(model, criterion, x, y, o)
     gen = torch.Generator().manual_seed(o.seed)
     log: list[dict[str, Any]] = []
     ckpt = out_dir / "model.pt"
+    auto = isinstance(opt, SketchySGD) and o.lr is None
     say(
         f"Training {name} on {data.description}: {plan.epochs} epochs, {plan.optimizer}, "
-        f"lr {plan.lr:g}, batch {plan.batch_size}"
+        f"lr {'auto' if auto else format(plan.lr, 'g')}, batch {plan.batch_size}"
     )
     try:
         with progress_bar(plan.epochs, "train", enabled=True, unit="epoch") as bar:
@@ -199,6 +227,13 @@ def train(o: TrainOptions) -> int:
                 cur_lr = opt.param_groups[0]["lr"]
                 sched.step()
                 rec = {"epoch": epoch + 1, "loss": loss, "accuracy": accuracy, "lr": cur_lr}
+                if isinstance(opt, SketchySGD):  # its step size and preconditioned lambda_max
+                    rec.update(
+                        lr=opt.last_step_size,
+                        lambda_max=opt.lambda_max,
+                        hvps=opt.num_matvecs,
+                        rejected=opt.num_rejected,
+                    )
                 log.append(rec)
                 bar.update(1)
                 bar.set_postfix_str(f"loss {loss:.4f} acc {accuracy:.3f}", refresh=False)
@@ -246,17 +281,43 @@ def _save_model(model: nn.Module, path: Path) -> None:
 def _save_train(
     out_dir: Path, log: list[dict[str, Any]], monitor: SpectrumMonitor | None, plain_gd: bool
 ) -> list[Path]:
-    """Write training.json and, when monitored, monitor.json and monitor.png."""
+    """Write training.json and training.png and, when monitored, monitor.json and monitor.png."""
     files = []
     p = out_dir / "training.json"
     write_text(p, json.dumps({"epochs": log}, indent=2))
     files.append(p)
+    if log:
+        files.append(save_figure(_training_figure(log, monitor), out_dir / "training.png"))
     if monitor is not None and monitor.records:
         files.append(monitor.to_json(out_dir / "monitor.json"))
         # 2/lr is the stability threshold of plain gradient descent only
         fig = monitor.plot(lr_key="lr" if plain_gd else None, x_label="epoch")
         files.append(save_figure(fig, out_dir / "monitor.png"))
     return files
+
+
+def _training_figure(log: list[dict[str, Any]], monitor: SpectrumMonitor | None) -> Any:
+    """Loss, largest eigenvalue and step size per epoch, side by side."""
+    fig, (ax_loss, ax_lam, ax_lr) = new_figure(10.5, 3.2, ncols=3)
+    epochs = [r["epoch"] for r in log]
+    ax_loss.plot(epochs, [r["loss"] for r in log], marker=".")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
+    if any("lambda_max" in r for r in log):
+        lam = [r.get("lambda_max", float("nan")) for r in log]
+        ax_lam.plot(epochs, lam, marker=".", label="preconditioned Hessian (SketchySGD's L)")
+    if monitor is not None and monitor.records:
+        ax_lam.plot(
+            [r["step"] for r in monitor.records],
+            [r["eigenvalues"][0] for r in monitor.records],
+            marker="o",
+            label="Hessian λ1 (monitor)",
+        )
+    if ax_lam.lines:
+        ax_lam.legend(fontsize=7)
+    ax_lam.set(xlabel="epoch", ylabel="largest eigenvalue", title="λ_max")
+    ax_lr.plot(epochs, [r["lr"] for r in log], marker=".")
+    ax_lr.set(xlabel="epoch", ylabel="step size", yscale="log", title="step size")
+    return fig
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -50,12 +50,14 @@ measured, not assumed.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 
+from hessian_spectra import _progress
 from hessian_spectra.algorithms import BOUND_STEPS, lanczos
 from hessian_spectra.operators import LinearOperator, ShiftedOperator
 from hessian_spectra.optim._closure import Closure, GraphHessian, call_closure, flat, gradients
@@ -88,6 +90,17 @@ def top_eigenvalue(
     res = abs(float(dec.beta[-1])) * abs(float(S[-1, -1]))
     s = torch.as_tensor(S[:, -1], dtype=dec.basis.dtype, device=dec.basis.device)
     return top + res, top, res, (dec.basis @ s).detach()
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """The sketch inside a training step shows no bar, even where the CLI forces bars on."""
+    saved = _progress._ENABLED
+    _progress.set_progress(False)
+    try:
+        yield
+    finally:
+        _progress.set_progress(saved)
 
 
 class SketchySGD(torch.optim.Optimizer):
@@ -332,9 +345,10 @@ class SketchySGD(torch.optim.Optimizer):
 
     def _refresh(self, op: LinearOperator) -> None:
         before = op.num_matvecs
-        self.preconditioner = NystromPreconditioner.from_operator(
-            op, self.rank, rho=self.rho, seed=self.seed + self._refreshes
-        )
+        with _no_progress_bars():
+            self.preconditioner = NystromPreconditioner.from_operator(
+                op, self.rank, rho=self.rho, seed=self.seed + self._refreshes
+            )
         self.num_matvecs += op.num_matvecs - before
         self._refreshes += 1
         if not self._force_refresh:  # a scheduled refresh: let the step size recover
