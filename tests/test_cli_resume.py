@@ -133,3 +133,42 @@ def test_ctrl_c_saves_and_prints_the_command_that_resumes(
     with one_thread():
         assert main(args[1:]) == 0
     assert_same_eigs(load_result(out / "eigs.json"), reference)
+
+
+def flipped_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """A data factory for --data tests.test_cli_resume:flipped_digits (other data, same shapes)."""
+    from hessian_spectra.data import digits
+
+    x, y = digits()
+    return x.flip(-1), y
+
+
+def test_resume_with_other_data_is_refused(cli_args, tmp_path, monkeypatch, capsys):
+    """--resume with another --samples or --data: exit 2, naming the data, nothing printed."""
+    out = tmp_path / "run"
+    original = LanczosProcess.step
+    calls = {"n": 0}
+
+    def interrupted_step(self):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(LanczosProcess, "step", interrupted_step)
+    with one_thread():
+        assert main([*cli_args, "--out", str(out)]) == 130
+    monkeypatch.setattr(LanczosProcess, "step", original)
+    state = out / "eigs.ckpt"
+    assert state.exists()
+    capsys.readouterr()
+    samples = cli_args.index("--samples") + 1
+    fewer = [*cli_args[:samples], "200", *cli_args[samples + 1 :]]
+    other = [*cli_args, "--data", "tests.test_cli_resume:flipped_digits"]
+    for args in (fewer, other):
+        with one_thread():
+            assert main([*args, "--out", str(out), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "different computation (data: saved" in err, err
+        assert not (out / "eigs.json").exists()
+    assert state.exists()  # the saved run is kept for the right data

@@ -76,6 +76,19 @@ def _worker(rank, world, init_file, tmp):
             except ValueError as err:
                 errors[name] = str(err)
         out["errors"] = errors
+        # each rank passes its OWN part of the data (rank 0 the first 4 batches, rank 1 the
+        # last 3): compared by digest, used whole, not sharded a second time
+        own_part = batches[:4] if rank == 0 else batches[4:]
+        op_local = HessianOperator(model, CE, own_part)
+        out["shard_auto"] = (op.settings["shard"], op_local.settings["shard"])
+        out["hv_local"] = op_local.matvec(v)
+        out["samples_local"] = (op_local.num_samples, op_local.local_num_samples)
+        out["eigenvalues_local"] = hs.eigsh(op_local, 5, tol=1e-10, seed=0).eigenvalues
+        rows = (x[:13], y[:13]) if rank == 0 else (x[13:], y[13:])  # one batch each
+        out["hv_local_rows"] = HessianOperator(model, CE, rows).matvec(v)
+        forced = HessianOperator(model, CE, own_part, shard="full")  # the former behaviour
+        out["shard_forced"] = (forced.settings["shard"], forced.model_loss.num_batches)
+        out["fingerprint_local"] = op_local.fingerprint()["data"]
         # only rank 0 writes checkpoints: each rank names its own file, then both
         # resume from rank 0's
         own = os.path.join(tmp, f"ckpt{rank}.pt")
@@ -129,6 +142,16 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     assert "pads the 29 samples to 30" in r0["errors"]["padded"]
     assert "drop_last=True" in r0["errors"]["padded"]
     assert "shuffle=False" in r0["errors"]["shuffled"]
+    # data that differ between ranks are each rank's shard: the full-data answer
+    assert r0["shard_auto"] == r1["shard_auto"] == ("batches", "local")
+    assert r0["samples_local"] == (30.0, 20.0) and r1["samples_local"] == (30.0, 10.0)
+    for r in (r0, r1):
+        for key in ("hv_local", "hv_local_rows"):
+            rel = float(torch.linalg.vector_norm(r[key] - hv) / torch.linalg.vector_norm(hv))
+            assert rel < 1e-12, (key, rel)
+        np.testing.assert_allclose(r["eigenvalues_local"], ref["eigenvalues"], rtol=1e-6, atol=0)
+    assert r0["shard_forced"] == ("batches", 2) and r1["shard_forced"] == ("batches", 1)
+    assert r0["fingerprint_local"] == r1["fingerprint_local"]  # one digest of all ranks' data
     # rank 0 alone wrote its checkpoint; resuming from it on both ranks finished the run
     assert r0["own_checkpoint_written"] and not r1["own_checkpoint_written"]
     assert np.array_equal(r0["resumed"], r0["eigenvalues"])

@@ -310,7 +310,8 @@ def test_wrong_vector_size_or_dtype(mlp):
 
 def test_distributed_and_determinism_options(mlp):
     op = HessianOperator(mlp.model, CE, (mlp.x, mlp.y))
-    assert op.distributed == "auto" and op.check_deterministic is False
+    # the first product is checked by default (see test_deterministic.py)
+    assert op.distributed == "auto" and op.check_deterministic == "first"
     assert op.is_distributed is False  # no process group here
     op = HessianOperator(mlp.model, CE, (mlp.x, mlp.y), distributed=False)
     assert op.distributed is False
@@ -352,7 +353,9 @@ def test_empty_data(mlp):
         def __iter__(self):
             return iter(())
 
-    op = HessianOperator(mlp.model, CE, Nothing())
+    with pytest.raises(ValueError, match="no length.*max_batches"):
+        HessianOperator(mlp.model, CE, Nothing())
+    op = HessianOperator(mlp.model, CE, Nothing(), max_batches=4)
     with pytest.raises(ValueError, match="no batches"):
         op.matvec(torch.ones(mlp.n, dtype=torch.float64))
 
@@ -395,7 +398,15 @@ def test_allow_train_mode_uses_batch_statistics_and_keeps_running_ones(cnn):
 
 
 def test_non_scalar_loss(mlp):
-    op = HessianOperator(mlp.model, nn.CrossEntropyLoss(reduction="none"), (mlp.x, mlp.y))
+    # a criterion that says so is refused when the operator is built (test_criteria.py)
+    with pytest.raises(ValueError, match="reduction='none'.*reduction='mean'"):
+        HessianOperator(mlp.model, nn.CrossEntropyLoss(reduction="none"), (mlp.x, mlp.y))
+    # a loss_fn cannot say so: its per-sample losses are caught at the first product
+    op = HessianOperator(
+        mlp.model,
+        data=(mlp.x, mlp.y),
+        loss_fn=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1], reduction="none"),
+    )
     with pytest.raises(ValueError, match="scalar.*reduction='mean'"):
         op.matvec(torch.ones(mlp.n, dtype=torch.float64))
 

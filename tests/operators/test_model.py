@@ -8,6 +8,7 @@ from collections import namedtuple
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from hessian_spectra.operators.hessian import HessianOperator
 from hessian_spectra.operators.model import (
@@ -185,3 +186,43 @@ def test_regex_selects_trainable_parameters_and_names_frozen_ones():
         select_parameters(model, [model[0]])
     with pytest.raises(ValueError, match="has no parameters"):
         select_parameters(nn.Sequential(nn.Tanh()))
+
+
+# ----------------------------------------------------------- data without a length
+
+
+class Endless(IterableDataset):
+    """A stream of samples that never ends (an IterableDataset without __len__)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        i = 0
+        while True:
+            yield self.x[i % len(self.x)], self.y[i % len(self.y)]
+            i += 1
+
+
+def test_data_without_a_length_need_max_batches():
+    model, (x, y) = _mlp(), _data(12)
+    loader = DataLoader(Endless(x, y), batch_size=4)
+    with pytest.raises(ValueError, match="have no length.*max_batches=N"):
+        HessianOperator(model, CE, loader)
+    with pytest.raises(ValueError, match="have no length"):
+        ModelLoss(model, CE, Endless(x, y))
+    # capped: the first 3 batches of 4 are the 12 samples, so the same Hessian
+    op = HessianOperator(model, CE, loader, max_batches=3)
+    ref = HessianOperator(model, CE, (x, y))
+    v = torch.randn(op.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(op.matvec(v), ref.matvec(v), rtol=1e-12, atol=1e-14)
+    assert op.num_samples == 12 and op.model_loss.num_batches == 3
+    # a DataLoader over a map-style data set keeps working, and max_batches caps it
+    mapped = DataLoader(TensorDataset(x, y), batch_size=5)
+    assert HessianOperator(model, CE, mapped).model_loss.num_batches == 3
+    capped = HessianOperator(model, CE, mapped, max_batches=2)
+    capped.matvec(v)
+    assert capped.model_loss.num_batches == 2 and capped.num_samples == 10
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_batches must be a positive int"):
+            ModelLoss(model, CE, mapped, max_batches=bad)

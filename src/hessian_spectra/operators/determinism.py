@@ -1,13 +1,20 @@
-"""Is the operator a fixed matrix? Multiply a probe twice and name the likely cause if not.
+"""Is the operator a fixed matrix? Multiply a vector twice and name the likely cause if not.
 
 A curvature operator over a model is only a matrix when every pass over the
-data computes the same thing. Dropout in train mode, train-mode BatchNorm
-over differently composed batches, random data augmentation, a sampler that
-draws a random subset or a stream of new data all break that, and an
-eigensolver then returns noise. `check_deterministic` catches it before any
-algorithm runs: it records what each pass saw (per-sample digests of inputs
-and targets) to tell changed data from a random model. A shuffled loader
-passes: only the summation order changes.
+data computes the same thing. Dropout in train mode (a module, ``F.dropout``
+or an RNN's dropout), noise drawn in forward, train-mode BatchNorm over
+differently composed batches, random data augmentation, a sampler that draws
+a random subset or a stream of new data all break that, and an eigensolver
+then returns noise that it reports as converged. Two checks record what each
+pass saw (per-sample digests of inputs and targets) to tell changed data
+from a random model:
+
+- `check_first_product` (the default): the operator's first product is taken
+  again for one of its vectors, one extra product in the operator's life;
+- `check_deterministic`: a random probe multiplied twice when the operator is
+  built, before any algorithm runs.
+
+A shuffled loader passes: only the summation order changes.
 """
 
 from __future__ import annotations
@@ -70,32 +77,87 @@ def check_deterministic(
     """
     gen = torch.Generator().manual_seed(0)
     v = torch.randn((n, 1), generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
-    logs: list[list[Digests]] = []
-    products = []
-    for _ in range(2):
-        log: list[Digests] = []
-        problem.on_batch = _recorder(log)
-        try:
-            products.append(product(v).double())
-        finally:
-            logs.append(log)
-            problem.on_batch = None
-    h1, h2 = products
-    scale = float(torch.linalg.vector_norm(h1))
-    diff = float(torch.linalg.vector_norm(h1 - h2))
-    tol = 100 * torch.finfo(dtype).eps
+    logs: list[list[Digests]] = [[], []]
+    h1 = _logged(product, problem, v, logs[0])
+    with torch.random.fork_rng(devices=[]):
+        h2 = _logged(product, problem, v, logs[1])
+    _compare(h1[:, 0], h2[:, 0], problem, logs, "check_deterministic=True")
+
+
+def check_first_product(
+    product: Callable[[torch.Tensor], torch.Tensor], problem: ModelLoss, V: torch.Tensor
+) -> tuple[torch.Tensor, bool]:
+    """``product(V)``, with its column of largest norm multiplied a second time and compared.
+
+    The repeat runs with the global CPU generator forked, so the random
+    numbers later code draws (a shuffling DataLoader's order) are those it
+    would draw without the check. A block of zeros, or a product that is not
+    finite (the finite check's business), is not checked.
+
+    Returns:
+        The product of V and whether the check ran.
+
+    Raises:
+        RuntimeError: the two products differ by more than 100 machine
+            epsilons relatively, naming the likely cause.
+    """
+    norms = torch.linalg.vector_norm(V.detach(), dim=0)
+    j = int(torch.argmax(norms))
+    if not float(norms[j]) > 0:
+        return product(V), False
+    logs: list[list[Digests]] = [[], []]
+    out = _logged(product, problem, V, logs[0])
+    if not bool(torch.isfinite(out[:, j]).all()):
+        return out, False
+    with torch.random.fork_rng(devices=[]):
+        again = _logged(product, problem, V[:, j : j + 1], logs[1])
+    _compare(out[:, j], again[:, 0], problem, logs, "check_deterministic=False")
+    return out, True
+
+
+def _logged(
+    product: Callable[[torch.Tensor], torch.Tensor],
+    problem: ModelLoss,
+    V: torch.Tensor,
+    log: list[Digests],
+) -> torch.Tensor:
+    """``product(V)`` with each batch's digests appended to `log`."""
+    problem.on_batch = lambda batch: log.append(sample_digests(batch))
+    try:
+        return product(V)
+    finally:
+        problem.on_batch = None
+
+
+def _compare(
+    h1: torch.Tensor,
+    h2: torch.Tensor,
+    problem: ModelLoss,
+    logs: list[list[Digests]],
+    switch: str,
+) -> None:
+    """Raise, naming the likely cause, when two products of one vector differ beyond rounding."""
+    a, b = h1.double(), h2.double()
+    scale = float(torch.linalg.vector_norm(a))
+    diff = float(torch.linalg.vector_norm(a - b))
+    tol = 100 * torch.finfo(h1.dtype).eps
     if math.isfinite(diff) and diff <= tol * max(scale, 1e-300):
         return
+    off = "" if switch.endswith("True") else f" (pass {switch} to skip this check)"
     raise RuntimeError(
-        f"check_deterministic: two products with the same vector differ by {diff:.3g} "
-        f"relative to {scale:.3g} (tolerance: {tol:.1g} relative), so the operator is "
-        f"not a fixed matrix. {likely_cause(problem.model, logs[0], logs[1])}"
+        f"the operator is not a fixed matrix: two products with the same vector differ by "
+        f"{diff:.3g} relative to {scale:.3g} (tolerance: {tol:.1g} relative), so no "
+        f"eigenvalue or trace computed from it can be trusted. "
+        f"{likely_cause(problem.model, logs[0], logs[1])}{off}"
     )
 
 
-def _recorder(log: list[Digests]) -> Callable[[Any], None]:
-    """A batch observer that appends each batch's digests to `log`."""
-    return lambda batch: log.append(sample_digests(batch))
+def _train_mode_rnn_dropout(model: nn.Module) -> list[str]:
+    return [
+        name or "model"
+        for name, m in model.named_modules()
+        if m.training and isinstance(m, nn.RNNBase) and float(m.dropout) > 0
+    ]
 
 
 def _train_mode(model: nn.Module, kind: type) -> list[str]:
@@ -124,10 +186,24 @@ def likely_cause(model: nn.Module, first: list[Digests], second: list[Digests]) 
                 f"({', '.join(batchnorm[:3])}) normalizes with the statistics of batches "
                 "that are composed differently on each pass; call model.eval()"
             )
+        rnn = _train_mode_rnn_dropout(model)
+        if rnn:
+            return (
+                f"Likely cause: an RNN built with dropout>0 in train mode ({', '.join(rnn[:3])}) "
+                "draws new masks on every pass; call model.eval()"
+            )
+        training = [name or "model" for name, m in model.named_modules() if m.training]
+        functional = (
+            f"; the model is in train mode ({', '.join(training[:3])}), so functional "
+            "dropout (F.dropout(x, training=self.training)) is a likely culprit: call "
+            "model.eval()"
+            if training
+            else ""
+        )
         return (
             "Both passes saw the same samples, so the model or the loss is random (a "
             "stochastic layer or noise drawn in forward): make the forward pass "
-            "deterministic"
+            f"deterministic{functional}"
         )
     if len(x1) == len(x2) and y1 == y2:
         return (

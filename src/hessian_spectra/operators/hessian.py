@@ -13,13 +13,14 @@ PyHessian's HVP per column at b = 8, while autograd's ``is_grads_batched``
 (vmap over the same backward) cost 1.07x and vmapped forward-over-reverse
 1.47x with 4x the memory, so the loop is the default.
 
-The full-data Hessian is the sample-weighted mean of the per-batch Hessians
-(a batch's weight is its number of samples, `model.batch_weight`), so a short
-last batch is not over-counted.
+The full-data Hessian is the weighted mean of the per-batch Hessians, a
+batch's weight being the number of terms its mean loss averages over (its
+samples, or its targets other than ``ignore_index``; see `ModelLoss.loss`),
+so a short last batch, or one with many ignored targets, is not over-counted.
 
 The model, its loss, the parameter selection and the data are handled by
 `ModelLoss` (``operators/model.py``), data sharding across ranks by
-``operators/sharding.py``, and the determinism check by
+``operators/sharding.py``, and the determinism checks by
 ``operators/determinism.py``; this module holds the Hessian product itself.
 
 Precision follows the model: the operator works in the dtype of the selected
@@ -31,7 +32,9 @@ Data parallel: with a ``torch.distributed`` default group of more than one
 rank, each rank multiplies by its shard of the data, and one ``all_reduce``
 per block product sums the sample-weighted products and the sample count
 (packed in one tensor), so every rank gets the full-data product and the
-algorithms above run unchanged, and identically, on every rank.
+algorithms above run unchanged, and identically, on every rank. Whether the
+data a rank holds are the full data (sharded here) or its own part (used
+whole) is decided once by comparing a digest of the data across ranks.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -47,7 +50,9 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from hessian_spectra import _distributed
 from hessian_spectra.operators.base import LinearOperator, digest
+from hessian_spectra.operators.criteria import loss_identity
 from hessian_spectra.operators.determinism import check_deterministic as _check_deterministic
+from hessian_spectra.operators.determinism import check_first_product
 from hessian_spectra.operators.model import Criterion, LossFn, ModelLoss, ParamSpec
 
 __all__ = ["HessianOperator"]
@@ -91,12 +96,23 @@ class HessianOperator(LinearOperator):
         criterion: called as ``criterion(model(inputs), targets)`` on each
             batch ``(inputs, targets)``, returning the batch's mean loss (e.g.
             ``nn.CrossEntropyLoss()``). Exactly one of criterion and loss_fn.
+            The rule: every batch's loss is a MEAN, so a criterion with
+            ``reduction='sum'`` (which would scale each batch's Hessian by
+            its size) or ``reduction='none'`` is refused; use
+            ``reduction='mean'`` (the default), or a loss_fn returning
+            ``(mean_loss, n)``.
         data: one batch (a tuple or list of tensors, e.g. ``(inputs, targets)``,
             or a dict) or a re-iterable of batches (a list of batches, a
             DataLoader). One-shot iterators (generators) are refused: every
-            product makes a full pass over the data. A batch's weight is the
-            leading dimension its tensors share (see `model.batch_weight`),
-            or the count that loss_fn returns.
+            product makes a full pass over the data; so are data without a
+            length (a DataLoader over an IterableDataset) unless
+            `max_batches` caps the pass. A batch's weight is the number of
+            terms its mean loss averages over: the count that loss_fn
+            returns; for ``CrossEntropyLoss``/``NLLLoss`` with class
+            targets, the targets other than ``ignore_index`` (-100 by
+            default), each counted with its class weight when the loss has
+            ``weight=``; otherwise the leading dimension the batch's tensors
+            share (see `model.batch_weight`).
         loss_fn: keyword-only alternative to criterion, called as
             ``loss_fn(model, batch)`` and returning the batch's mean loss or
             ``(mean_loss, num_samples)``. For dict inputs, language models,
@@ -111,10 +127,11 @@ class HessianOperator(LinearOperator):
             ``"forward_over_reverse"`` (``torch.func.jvp`` of ``torch.func.grad``,
             vmapped over the block; fails clearly on models torch.func cannot
             transform).
-        allow_train_mode: accept a model in train mode with BatchNorm/Dropout.
-            BatchNorm then uses batch statistics (its running statistics are
-            restored after every pass) and Dropout draws new masks each pass,
-            so the operator is not a fixed matrix.
+        allow_train_mode: accept a model in train mode with BatchNorm, Dropout
+            or an RNN built with ``dropout>0``. BatchNorm then uses batch
+            statistics (its running statistics are restored after every pass)
+            and Dropout draws new masks each pass, so the operator is not a
+            fixed matrix (the determinism check then refuses it).
         check_finite: raise when an HVP contains NaN/inf, naming the batch.
         distributed: ``"auto"`` (default: on when a ``torch.distributed``
             default group with more than one rank is initialized), True (the
@@ -123,17 +140,33 @@ class HessianOperator(LinearOperator):
             counted twice: a DataLoader whose sampler is a
             ``DistributedSampler`` is the rank's shard as it is (a sampler that
             pads the data set with repeated samples is refused); any other
-            re-iterable of batches must be the same full data on every rank
-            and is sharded by batch (rank r takes batches r, r + W, ...); one
-            batch is split into W contiguous slices of samples. Every rank must
-            call the same products (run the same algorithm with the same seed).
-            See ``operators/sharding.py``.
-        check_deterministic: multiply a random probe twice when the operator is
-            built (two products, not counted in `num_matvecs`) and raise when
-            the results differ by more than 100 machine epsilons relatively,
-            naming the likely cause: Dropout in train mode, random data
-            augmentation, or data that yield different samples on each pass.
-            A shuffled loader passes (only the summation order changes).
+            re-iterable of batches is compared across ranks (see `shard`):
+            the same full data on every rank are sharded by batch (rank r
+            takes batches r, r + W, ...) and one batch is split into W
+            contiguous slices of samples; data that differ between ranks are
+            each rank's own shard. Every rank must call the same products
+            (run the same algorithm with the same seed). See
+            ``operators/sharding.py``.
+        check_deterministic: whether the operator must prove to be a fixed
+            matrix. ``"first"`` (default): the first product is taken twice
+            for one of its vectors (the one of largest norm; one extra
+            product, once in the operator's life, NOT counted in
+            `num_matvecs` but in `check_matvecs`) and a difference beyond 100
+            machine epsilons relative raises, naming the likely cause (noise
+            drawn in forward, functional dropout in a train-mode model,
+            random data augmentation, a stream that yields new data).
+            True: the same check with a random probe, twice, when the
+            operator is built (two products, in `check_matvecs`), before any
+            algorithm runs. False: no check. A shuffled loader passes (only
+            the summation order changes).
+        shard: in a data-parallel run, ``"auto"`` (default: one pass hashing
+            the data and one small all-reduce compare a digest of each
+            rank's data; the same everywhere -> sharded, different -> each
+            rank's data are its shard), ``"full"`` (the data are the full data
+            on every rank: shard them) or ``"local"`` (each rank passed its
+            own shard: use it whole). The choice is in `settings`.
+        max_batches: use only the first this many batches of each pass over
+            the data (needed for data without a length).
 
     Attributes:
         param_names: names of the selected parameters, in vector order.
@@ -145,6 +178,12 @@ class HessianOperator(LinearOperator):
             batches) the products pass over.
         num_samples: the samples (total batch weight) of the last product,
             over all ranks; ``local_num_samples``: this rank's share of them.
+        check_matvecs: products the determinism check spent (not in
+            `num_matvecs`).
+
+    Every product leaves the model's buffers as they were (a forward that
+    updates a buffer, or train-mode BatchNorm's running statistics, is undone
+    after each pass), so each product starts from the same model.
     """
 
     def __init__(
@@ -159,10 +198,18 @@ class HessianOperator(LinearOperator):
         allow_train_mode: bool = False,
         check_finite: bool = True,
         distributed: bool | str = "auto",
-        check_deterministic: bool = False,
+        check_deterministic: bool | Literal["first"] = "first",
+        shard: str = "auto",
+        max_batches: int | None = None,
     ) -> None:
         if hvp_mode not in _MODES:
             raise ValueError(f"hvp_mode must be one of {_MODES}, got {hvp_mode!r}")
+        if not any(check_deterministic is c for c in (True, False)) and not (
+            isinstance(check_deterministic, str) and check_deterministic == "first"
+        ):
+            raise ValueError(
+                f"check_deterministic must be 'first', True or False, got {check_deterministic!r}"
+            )
         if distributed not in ("auto", True, False):
             raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
         # whether products are reduced across the ranks of the default group
@@ -176,6 +223,8 @@ class HessianOperator(LinearOperator):
             params=params,
             allow_train_mode=allow_train_mode,
             distributed=self.is_distributed,
+            shard=shard,
+            max_batches=max_batches,
         )
         self.model = model
         self.criterion = criterion
@@ -185,7 +234,11 @@ class HessianOperator(LinearOperator):
         self.allow_train_mode = bool(allow_train_mode)
         self.check_finite = bool(check_finite)
         self.distributed = distributed
-        self.check_deterministic = bool(check_deterministic)
+        self.check_deterministic: bool | str = check_deterministic
+        self.shard = shard
+        self.max_batches = max_batches
+        self.check_matvecs = 0
+        self._first_product_checked = check_deterministic != "first"
         selection = self.model_loss.selection
         self.param_names: list[str] = selection.names
         self.params: list[torch.Tensor] = selection.params
@@ -195,21 +248,47 @@ class HessianOperator(LinearOperator):
         self.local_num_samples = 0.0
         self._gradients_checked = False  # forward_over_reverse: unused parameters checked
         super().__init__(selection.numel, self.model_loss.dtype, self.model_loss.device)
-        if self.check_deterministic:
+        if check_deterministic is True:
             _check_deterministic(
-                self._matmat, self.model_loss, self.shape[0], self.dtype, self.device
+                self._product, self.model_loss, self.shape[0], self.dtype, self.device
             )
+            self.check_matvecs += 2
 
     def fingerprint(self) -> dict[str, Any]:
-        """Type, size, dtype and a digest of the selected parameters' names and values.
+        """What a checkpoint must match to be resumed on this operator.
 
-        The data are not part of it: a checkpoint resumed with other data is not
-        detected.
+        Type, size, dtype; a digest of the selected parameters' names and of
+        their values; the loss (a criterion's type and settings such as
+        reduction, ignore_index, label_smoothing and class weights, or a
+        loss_fn's qualified name); and a digest of the data: every sample of
+        every batch (all the data, not a sample of them, independent of batch
+        order and grouping), hashed once, on the first call (one pass over the
+        data, cheaper than one product; at construction in data-parallel
+        runs, where it covers every rank's data).
         """
         return {
             **super().fingerprint(),
             "param_names": hashlib.sha256(",".join(self.param_names).encode()).hexdigest(),
             "params": digest(self.params),
+            "loss": loss_identity(self.criterion, self.loss_fn),
+            "data": self.model_loss.data_digest(),
+        }
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """How the operator was built and how it reads its data, for result records.
+
+        ``shard`` is this rank's share of the data: ``"none"`` (no process
+        group), ``"rows"`` or ``"batches"`` (the same data on every rank,
+        sharded), ``"sampler"`` (a DistributedSampler's shard) or ``"local"``
+        (each rank's own data, used whole).
+        """
+        return {
+            "hvp_mode": self.hvp_mode,
+            "check_deterministic": self.check_deterministic,
+            "shard": self.model_loss.shard.mode,
+            "max_batches": self.max_batches,
+            "loss": loss_identity(self.criterion, self.loss_fn),
         }
 
     # --------------------------------------------------------------- products
@@ -368,13 +447,23 @@ class HessianOperator(LinearOperator):
             raise ValueError("no rank has data: give every rank the data (see distributed=)")
         return buf[: n * b].view(n, b), weight
 
+    def _product(self, V: torch.Tensor) -> torch.Tensor:
+        """H @ V, uncounted; the model's buffers are restored afterwards."""
+        with self.model_loss.state_kept():
+            total, weight = self._accumulate(V.detach())
+        return (total / weight).to(self.dtype)
+
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         self.model_loss.check_mode()
         if self.check_finite and not bool(torch.isfinite(V).all()):
             raise FloatingPointError("the input block contains NaN or inf")
-        with self.model_loss.state_kept():
-            total, weight = self._accumulate(V.detach())
-        return (total / weight).to(self.dtype)
+        if self._first_product_checked:
+            return self._product(V)
+        out, checked = check_first_product(self._product, self.model_loss, V)
+        if checked:
+            self._first_product_checked = True
+            self.check_matvecs += 1
+        return out
 
     # ---------------------------------------------------------------- helpers
 

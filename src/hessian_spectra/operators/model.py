@@ -8,18 +8,27 @@ and data into numbers the same way, through this module:
   (the selected tensors, their slices in a flat vector, `flatten` and
   `unflatten` between flat vectors and ``{name: tensor}``);
 - what the data are: one batch (`is_one_batch`) or a re-iterable of batches;
-  one-shot iterators (generators) and empty data are refused (`check_data`);
+  one-shot iterators (generators), empty data and data without a length
+  (unless ``max_batches`` caps each pass) are refused (`check_data`);
 - how a batch is prepared: `prepare_batch` moves every tensor, in tuples,
   lists, namedtuples and nested dicts, to the parameters' device and casts
   floating ones to their dtype (integer tensors such as class labels keep
   theirs);
 - the loss call: ``criterion(model(inputs), targets)`` or
   ``loss_fn(model, batch)``, returning the batch's mean loss or
-  ``(mean_loss, num_samples)``;
-- the batch weight: `batch_weight`, one rule for every batch layout;
-- the train-mode check: BatchNorm or Dropout in train mode is refused
-  (`check_eval_mode`) unless asked for, and then BatchNorm's running
-  statistics are restored after every pass (`running_stats_kept`).
+  ``(mean_loss, num_samples)``; a criterion with ``reduction='sum'`` or
+  ``'none'`` is refused (``operators/criteria.py``);
+- the batch weight: the number of terms the batch's mean loss averages over:
+  the criterion's own count where it has one (``ignore_index`` and class
+  weights of ``CrossEntropyLoss``/``NLLLoss``, `criteria.criterion_weight`),
+  else `batch_weight`, one rule for every batch layout;
+- the train-mode check: BatchNorm, Dropout or an RNN's dropout in train mode
+  is refused (`check_eval_mode`) unless asked for; every buffer a pass changes
+  (BatchNorm's running statistics, a counter updated in forward) is restored
+  after it (`buffers_kept`), and `modes_kept` restores every submodule's own
+  train/eval mode (these live in ``operators/modes.py``);
+- what the data are, for checkpoints and data-parallel runs: `data_digest`
+  (``operators/sharding.py``).
 
 `ModelLoss` bundles these: built once from (model, criterion, data, loss_fn,
 params), it yields this rank's prepared batches (`batches`) and computes a
@@ -30,15 +39,31 @@ writes only its product.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from hessian_spectra import _distributed
-from hessian_spectra.operators.sharding import NO_ROWS, Shard, plan_shard, split_rows
+from hessian_spectra.operators.criteria import check_reduction, criterion_weight, no_terms_message
+from hessian_spectra.operators.modes import MODE_DEPENDENT as MODE_DEPENDENT
+from hessian_spectra.operators.modes import buffers_kept as buffers_kept
+from hessian_spectra.operators.modes import check_eval_mode as check_eval_mode
+from hessian_spectra.operators.modes import is_mode_dependent as is_mode_dependent
+from hessian_spectra.operators.modes import modes_kept as modes_kept
+from hessian_spectra.operators.modes import running_stats_kept as running_stats_kept
+from hessian_spectra.operators.sharding import (
+    NO_ROWS,
+    SHARD_OPTIONS,
+    Shard,
+    choose_shard,
+    data_digest,
+    split_rows,
+)
 
 Criterion = Callable[[torch.Tensor, Any], torch.Tensor]
 """``criterion(model(inputs), targets)`` -> the batch's mean loss (``nn.CrossEntropyLoss()``)."""
@@ -48,9 +73,6 @@ LossFn = Callable[[nn.Module, Any], Any]
 
 ParamSpec = str | nn.Module | torch.Tensor | Sequence[str | nn.Module | torch.Tensor] | None
 """Which parameters: None (all trainable), a regex, names, modules, parameter tensors, or a mix."""
-
-# modules whose output depends on train/eval mode
-MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
 # ------------------------------------------------------------------ parameters
@@ -236,8 +258,29 @@ def is_one_batch(data: Any) -> bool:
     return False
 
 
-def check_data(data: Any) -> None:
-    """Refuse data that cannot be passed over more than once: None, generators, empty data."""
+def data_length(data: Any) -> int | None:
+    """``len(data)``, or None when the data have none (a DataLoader over an IterableDataset)."""
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def check_max_batches(max_batches: int | None) -> int | None:
+    """Refuse a cap on the batches per pass that is not a positive int."""
+    if max_batches is None:
+        return None
+    if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    return max_batches
+
+
+def check_data(data: Any, max_batches: int | None = None) -> None:
+    """Refuse data that cannot be passed over more than once, or whose pass may not end.
+
+    None, generators and empty data are refused; so are data without a length
+    (an IterableDataset, a stream) unless `max_batches` caps every pass.
+    """
     if data is None:
         raise ValueError(
             "pass data: one batch (inputs, targets) or a re-iterable of batches "
@@ -257,12 +300,16 @@ def check_data(data: Any) -> None:
             "that can be iterated again: a list of batches or a DataLoader (e.g. "
             "list(generator))"
         )
-    try:
-        empty = len(data) == 0  # type: ignore[arg-type]
-    except TypeError:
-        empty = False
-    if empty:
+    length = data_length(data)
+    if length == 0:
         raise ValueError("data is empty; pass at least one batch")
+    if length is None and max_batches is None:
+        raise ValueError(
+            f"data ({type(data).__name__}) have no length, so a pass over them may never end "
+            "(an IterableDataset or a stream), and every product makes a full pass: pass "
+            "max_batches=N to use the first N batches on every pass, or pass a list of "
+            "batches or a DataLoader over a map-style Dataset"
+        )
 
 
 def prepare_batch(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -323,42 +370,6 @@ def batch_weight(batch: Any) -> int:
     )
 
 
-# ------------------------------------------------------------------ train mode
-
-
-def check_eval_mode(model: nn.Module) -> None:
-    """Refuse a model whose BatchNorm or Dropout layers are in train mode."""
-    culprits = [
-        f"{name or 'model'} ({type(m).__name__})"
-        for name, m in model.named_modules()
-        if m.training and isinstance(m, MODE_DEPENDENT)
-    ]
-    if culprits:
-        shown = ", ".join(culprits[:3]) + (" ..." if len(culprits) > 3 else "")
-        raise RuntimeError(
-            f"the model is in train mode and has mode-dependent layers: {shown}; "
-            "BatchNorm would use batch statistics (and update its running ones) and "
-            "Dropout would draw new masks on every pass. Call model.eval() first, or "
-            "pass allow_train_mode=True if you really want the train-mode Hessian"
-        )
-
-
-@contextlib.contextmanager
-def running_stats_kept(model: nn.Module) -> Iterator[None]:
-    """Restore the buffers of train-mode BatchNorm layers (running statistics) on exit."""
-    saved: list[tuple[nn.Module, dict[str, torch.Tensor]]] = []
-    for m in model.modules():
-        if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm):
-            saved.append((m, {k: b.detach().clone() for k, b in m.named_buffers(recurse=False)}))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, bufs in saved:
-                for k, b in m.named_buffers(recurse=False):
-                    b.copy_(bufs[k])
-
-
 # ------------------------------------------------------------------ the loss
 
 
@@ -374,16 +385,23 @@ class ModelLoss:
         criterion: called as ``criterion(model(inputs), targets)`` on each
             batch ``(inputs, targets)``, returning the batch's mean loss.
             Exactly one of criterion and loss_fn.
+            A criterion with ``reduction='sum'`` or ``'none'`` is refused.
         data: one batch (a tuple or list of tensors, a dict, a tensor) or a
-            re-iterable of batches (a list of batches, a DataLoader).
+            re-iterable of batches (a list of batches, a DataLoader). Data
+            without a length need `max_batches`.
         loss_fn: called as ``loss_fn(model, batch)``, returning the batch's
             mean loss or ``(mean_loss, num_samples)``.
         params: which parameters (see `select_parameters`).
-        allow_train_mode: accept BatchNorm or Dropout in train mode.
-        distributed: take this rank's shard of the data (see `plan_shard`).
+        allow_train_mode: accept BatchNorm, Dropout or an RNN's dropout in train mode.
+        distributed: take this rank's shard of the data (see `choose_shard`).
+        shard: with `distributed`, "auto" (compare a digest of the data
+            across ranks: the same data are sharded, different data are each
+            rank's own shard), "full" or "local" (force either).
+        max_batches: use only the first this many batches of each pass (the
+            cap that makes data without a length usable).
 
     Attributes:
-        model, criterion, loss_fn, data, allow_train_mode: as given.
+        model, criterion, loss_fn, data, allow_train_mode, max_batches: as given.
         selection: the `ParameterSelection`.
         dtype, device: those of the selected parameters; batches are moved there.
         shard: this rank's `Shard` of the data.
@@ -400,6 +418,8 @@ class ModelLoss:
         params: ParamSpec = None,
         allow_train_mode: bool = False,
         distributed: bool = False,
+        shard: str = "auto",
+        max_batches: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -409,10 +429,15 @@ class ModelLoss:
                 "and loss_fn (called as loss_fn(model, batch)); got "
                 + ("both" if criterion is not None else "neither")
             )
+        if criterion is not None:
+            check_reduction(criterion)
+        if shard not in SHARD_OPTIONS:
+            raise ValueError(f"shard must be one of {SHARD_OPTIONS}, got {shard!r}")
         self.model = model
         self.criterion = criterion
         self.loss_fn = loss_fn
         self.allow_train_mode = bool(allow_train_mode)
+        self.max_batches = check_max_batches(max_batches)
         self.selection = ParameterSelection(model, params)
         tensors = self.selection.params
         dtypes = {p.dtype for p in tensors}
@@ -427,20 +452,60 @@ class ModelLoss:
         if not self.dtype.is_floating_point:
             raise TypeError(f"parameters must be floating point, got {self.dtype}")
         self.check_mode()
-        check_data(data)
+        check_data(data, self.max_batches)
         self.data = data
         self._one_batch: Any = (
             prepare_batch(data, self.device, self.dtype) if is_one_batch(data) else None
         )
+        self._data_digest: str | None = None
         self.shard = Shard()
         if distributed:
             rank, world = _distributed.rank(), _distributed.world_size()
-            self.shard = plan_shard(
-                data, one_batch=self._one_batch is not None, rank=rank, world=world
+            # one pass hashing this rank's data, one small all-reduce of the digests
+            digests = self._all_ranks_digests(rank, world)
+            self._data_digest = hashlib.sha256(",".join(digests).encode()).hexdigest()
+            self.shard = choose_shard(
+                data,
+                one_batch=self._one_batch is not None,
+                rank=rank,
+                world=world,
+                option=shard,
+                same_everywhere=len(set(digests)) == 1,
             )
-            if self._one_batch is not None:
+            if self._one_batch is not None and self.shard.mode == "rows":
                 self._one_batch = split_rows(self._one_batch, rank, world)
         self.on_batch: Callable[[Any], None] | None = None
+
+    def _raw_batches(self) -> Iterator[Any]:
+        """The data as passed on this rank, batch by batch, capped by `max_batches`."""
+        if is_one_batch(self.data):
+            return iter([self.data])
+        return itertools.islice(iter(self.data), self.max_batches)
+
+    def _local_digest(self) -> str:
+        # a shuffling DataLoader draws its order from the global generator: leave it as it was
+        with torch.random.fork_rng(devices=[]):
+            return data_digest(self._raw_batches())
+
+    def _all_ranks_digests(self, rank: int, world: int) -> list[str]:
+        """Every rank's `data_digest`, in rank order (one all-reduce of a W x 32 table)."""
+        table = torch.zeros(world, 32, dtype=torch.float64, device=self.device)
+        table[rank] = torch.tensor(list(bytes.fromhex(self._local_digest())), dtype=torch.float64)
+        _distributed.all_reduce_sum(table)
+        return [bytes(int(v) for v in row).hex() for row in table.cpu().tolist()]
+
+    def data_digest(self) -> str:
+        """A SHA-256 of the data: every sample of every batch, computed once when first asked.
+
+        All the data are hashed, sample by sample (inputs, targets and any
+        other tensor, with dtypes and shapes), independently of the batch
+        order and grouping (`sharding.data_digest`); the pass costs less than
+        one product. In a data-parallel run it is the digest of every rank's
+        data (computed when the operator is built), the same on every rank.
+        """
+        if self._data_digest is None:
+            self._data_digest = self._local_digest()
+        return self._data_digest
 
     def check_mode(self) -> None:
         """Refuse BatchNorm/Dropout in train mode unless `allow_train_mode`."""
@@ -448,23 +513,24 @@ class ModelLoss:
             check_eval_mode(self.model)
 
     def state_kept(self) -> contextlib.AbstractContextManager[None]:
-        """A context in which passes leave BatchNorm's running statistics as they were.
+        """A context in which passes leave every buffer of the model as it was (`buffers_kept`).
 
-        Only train-mode BatchNorm changes them, and only `allow_train_mode` lets
-        it through; otherwise this does nothing.
+        Train-mode BatchNorm updates its running statistics, and a forward may
+        update other buffers (counters, running averages): each product starts
+        from the same buffers, and the model is left as it was.
         """
-        if self.allow_train_mode:
-            return running_stats_kept(self.model)
-        return contextlib.nullcontext()
+        return buffers_kept(self.model)
 
     @property
     def num_batches(self) -> int | None:
         """How many batches `batches` yields on this rank, when the data tell (else None)."""
         if self._one_batch is not None:
             return 0 if self._one_batch is NO_ROWS else 1
-        if not isinstance(self.data, Sized):
+        total = data_length(self.data)
+        if self.max_batches is not None:
+            total = self.max_batches if total is None else min(total, self.max_batches)
+        if total is None:
             return None
-        total = len(self.data)
         if self.shard.mode != "batches":
             return total
         return len(range(self.shard.rank, total, self.shard.world))
@@ -481,12 +547,16 @@ class ModelLoss:
             if self._one_batch is not NO_ROWS:
                 yield self._one_batch
             return
-        for index, batch in enumerate(self.data):
+        for index, batch in enumerate(itertools.islice(iter(self.data), self.max_batches)):
             if self.shard.takes(index):
                 yield prepare_batch(batch, self.device, self.dtype)
 
     def loss(self, batch: Any, model: nn.Module | None = None) -> tuple[torch.Tensor, float]:
-        """A prepared batch's mean loss and its weight (see `batch_weight`).
+        """A prepared batch's mean loss and its weight: the number of terms the mean averages.
+
+        The weight is the count a loss_fn returns, the criterion's own count
+        (`criteria.criterion_weight`: targets other than ``ignore_index``,
+        weighted by class weights) or the batch's samples (`batch_weight`).
 
         Args:
             batch: a batch from `batches`.
@@ -516,8 +586,9 @@ class ModelLoss:
                 )
             inputs, targets = batch
             assert self.criterion is not None
+            counted = criterion_weight(self.criterion, targets)
             loss = self.criterion(model(inputs), targets)
-            weight = float(batch_weight(batch))
+            weight = float(batch_weight(batch)) if counted is None else counted
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise ValueError(
@@ -525,7 +596,7 @@ class ModelLoss:
                 "criterion with reduction='mean' or return loss.mean() from loss_fn"
             )
         if not weight > 0:
-            raise ValueError(f"a batch must have a positive number of samples, got {weight}")
+            raise ValueError(f"{no_terms_message(self.criterion)}, got {weight}")
         return loss, weight
 
     def gradient(self, loss: torch.Tensor, create_graph: bool = False) -> list[torch.Tensor]:

@@ -1,15 +1,19 @@
 """Data parallel: which part of the data each rank of a process group multiplies by.
 
-No sample may be counted twice across ranks. A DataLoader with a
-``DistributedSampler`` is the rank's shard as it is (a sampler that pads the
-data set with repeated samples is refused); any other re-iterable of batches
-must be the same full data on every rank and is sharded by batch (rank r takes
-batches r, r + W, ...); one batch is split into W contiguous slices of samples.
+No sample may be counted twice across ranks, and none left out. A DataLoader
+with a ``DistributedSampler`` is the rank's shard as it is (a sampler that
+pads the data set with repeated samples is refused). Other data are compared
+across ranks by a digest of their samples (`data_digest`, one small
+all-reduce): the same data on every rank are sharded (a re-iterable of batches
+by batch, rank r taking batches r, r + W, ...; one batch split into W
+contiguous slices of samples); different data are each rank's own shard, used
+whole. ``shard="full"`` or ``"local"`` forces either reading (`choose_shard`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,7 +23,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 NO_ROWS: Any = object()  # a rank's empty slice of a lone batch
 
-ShardMode = Literal["none", "rows", "sampler", "batches"]
+ShardMode = Literal["none", "rows", "sampler", "batches", "local"]
+ShardOption = Literal["auto", "full", "local"]
+SHARD_OPTIONS = ("auto", "full", "local")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,113 @@ def plan_shard(data: Any, *, one_batch: bool, rank: int, world: int) -> Shard:
             "DataLoader a DistributedSampler"
         )
     return Shard("batches", rank, world)
+
+
+def choose_shard(
+    data: Any,
+    *,
+    one_batch: bool,
+    rank: int,
+    world: int,
+    option: str = "auto",
+    same_everywhere: bool = True,
+) -> Shard:
+    """This rank's share: its own data whole, or a shard of data every rank holds.
+
+    Args:
+        data: the data as passed on this rank.
+        one_batch: whether `data` is one batch.
+        rank, world: this process's rank and the number of ranks.
+        option: "auto" (a DataLoader with a DistributedSampler is the rank's
+            shard; other data are sharded when `same_everywhere`, else used
+            whole), "full" (the data are the full data on every rank: shard
+            them) or "local" (each rank passed its own shard: use it whole).
+        same_everywhere: whether every rank's data have the same digest.
+
+    Raises:
+        ValueError: an unknown option, or what `plan_shard` refuses.
+    """
+    if option not in SHARD_OPTIONS:
+        raise ValueError(f"shard must be one of {SHARD_OPTIONS}, got {option!r}")
+    if option == "local":
+        return Shard("local", rank, world)
+    sampler = getattr(data, "sampler", None) if isinstance(data, DataLoader) else None
+    if option == "auto" and not same_everywhere and not isinstance(sampler, DistributedSampler):
+        return Shard("local", rank, world)
+    return plan_shard(data, one_batch=one_batch, rank=rank, world=world)
+
+
+# ------------------------------------------------------------------ data digests
+
+
+def _leaves(x: Any, tensors: list[torch.Tensor], others: list[str]) -> None:
+    if isinstance(x, torch.Tensor):
+        tensors.append(x)
+    elif isinstance(x, Mapping):
+        for k, v in x.items():
+            others.append(repr(k))
+            _leaves(v, tensors, others)
+    elif isinstance(x, (tuple, list)):
+        for v in x:
+            _leaves(v, tensors, others)
+    else:
+        others.append(repr(x))
+
+
+def _tensor_rows(t: torch.Tensor, n: int) -> list[bytes]:
+    """The bytes of each of the n samples of `t` (split along dim 0)."""
+    raw = t.detach().cpu().contiguous().reshape(n, -1)
+    if raw.dtype == torch.bool:
+        raw = raw.to(torch.uint8)
+    octets = raw.view(torch.uint8).numpy() if raw.shape[1] else raw.numpy()
+    return [row.tobytes() for row in octets]
+
+
+def sample_digests(batch: Any) -> list[bytes]:
+    """A SHA-256 of each sample of a batch, or of the whole batch when it cannot be split.
+
+    A batch whose tensors all share their leading dimension (and that holds
+    nothing but tensors) is split into samples; any other batch is one unit.
+    """
+    tensors: list[torch.Tensor] = []
+    others: list[str] = []
+    _leaves(batch, tensors, others)
+    header = "|".join(f"{t.dtype}{tuple(t.shape[1:])}" for t in tensors).encode()
+    sizes = {int(t.shape[0]) if t.ndim else -1 for t in tensors}
+    if tensors and not others and len(sizes) == 1 and -1 not in sizes:
+        n = sizes.pop()
+        rows = [_tensor_rows(t, n) for t in tensors]
+        out = []
+        for i in range(n):
+            h = hashlib.sha256(header)
+            for r in rows:
+                h.update(r[i])
+            out.append(h.digest())
+        return out
+    h = hashlib.sha256(header)
+    for t in tensors:
+        h.update(f"{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update("|".join(others).encode())
+    return [h.digest()]
+
+
+def data_digest(batches: Iterable[Any]) -> str:
+    """A SHA-256 of the multiset of samples in `batches` (all of them).
+
+    Independent of the batch order and of how samples are grouped into
+    batches, so a shuffled DataLoader over a fixed data set has one digest;
+    each sample's inputs, targets and other tensors (values, dtypes, shapes)
+    enter it.
+    """
+    units: list[bytes] = []
+    for batch in batches:
+        units.extend(sample_digests(batch))
+    units.sort()
+    h = hashlib.sha256(f"{len(units)} samples".encode())
+    for u in units:
+        h.update(u)
+    return h.hexdigest()
 
 
 def _collect(x: Any, tensors: list[torch.Tensor]) -> None:

@@ -1,0 +1,138 @@
+"""What a criterion computes: its reduction, the number of terms each batch averages, its identity.
+
+The operators take the Hessian of the mean loss over all the data. Each batch
+contributes its mean loss weighted by the number of terms that mean averages
+over, so a criterion must return a mean (``reduction='mean'``), and the count
+must be the criterion's own denominator:
+
+- ``nn.CrossEntropyLoss`` and ``nn.NLLLoss`` (and ``F.cross_entropy``,
+  ``F.nll_loss`` passed as criterion) with class-index targets average over
+  the targets that are not ``ignore_index`` (-100 by default), each counted
+  with its class weight when ``weight=`` is given (torch divides by the sum of
+  the class weights of the non-ignored targets, with label smoothing too);
+  targets with extra dimensions (segmentation) count every element;
+- every other criterion averages over samples: the batch's leading dimension
+  (`model.batch_weight`). A criterion that averages over more than one term
+  per sample (``nn.MSELoss`` over vector outputs) weighs batches in the same
+  proportion, so the mean is the same.
+
+A ``loss_fn`` that averages over anything else returns ``(mean_loss, n)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hessian_spectra.operators.base import digest
+
+# criteria that average over the targets that are not ignore_index (class weights counted)
+_CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
+_CLASS_INDEX_FUNCTIONS = (F.cross_entropy, F.nll_loss)
+_DEFAULT_IGNORE_INDEX = -100  # F.cross_entropy's and F.nll_loss's default
+
+
+def check_reduction(criterion: Any) -> None:
+    """Refuse a criterion whose reduction is not a mean (``'sum'`` or ``'none'``).
+
+    nn loss modules carry their reduction as ``.reduction``; other callables
+    are taken to return the batch mean.
+
+    Raises:
+        ValueError: the criterion sums its terms or returns one loss per term.
+    """
+    reduction = getattr(criterion, "reduction", None)
+    if reduction not in ("sum", "none"):
+        return
+    name = type(criterion).__name__
+    what = (
+        "sums the batch's losses, which scales each batch's Hessian by its size"
+        if reduction == "sum"
+        else "returns one loss per sample instead of the batch's mean"
+    )
+    raise ValueError(
+        f"the criterion {name}(reduction={reduction!r}) {what}; the operators take the "
+        f"Hessian of the mean loss over the data. Pass {name}(reduction='mean') (the "
+        "default), or a loss_fn returning (mean_loss, n) with n the number of terms the "
+        "mean averages over"
+    )
+
+
+def _class_index_settings(criterion: Any) -> tuple[int, torch.Tensor | None] | None:
+    """(ignore_index, class weights) of a class-index loss; None for other criteria."""
+    if isinstance(criterion, _CLASS_INDEX_LOSSES):
+        return int(criterion.ignore_index), criterion.weight
+    if any(criterion is f for f in _CLASS_INDEX_FUNCTIONS):
+        return _DEFAULT_IGNORE_INDEX, None
+    return None
+
+
+def criterion_weight(criterion: Any, targets: Any) -> float | None:
+    """The number of terms `criterion`'s batch mean averages over, when it tells; else None.
+
+    For ``CrossEntropyLoss``/``NLLLoss`` with integer class targets: the
+    targets other than ``ignore_index``, each counted with its class weight
+    when the loss has ``weight=`` (the denominator torch divides by). None for
+    other criteria and for class-probability targets: the batch's leading
+    dimension applies (`model.batch_weight`).
+    """
+    settings = _class_index_settings(criterion)
+    if settings is None or not isinstance(targets, torch.Tensor):
+        return None
+    if targets.is_floating_point() or targets.is_complex():
+        return None  # class probabilities: averaged over the samples
+    ignore_index, class_weights = settings
+    kept = targets[targets != ignore_index]
+    if class_weights is None:
+        return float(kept.numel())
+    return float(class_weights.detach().to(kept.device)[kept].double().sum())
+
+
+def no_terms_message(criterion: Any) -> str:
+    """What to say about a batch whose mean loss averages over nothing."""
+    settings = _class_index_settings(criterion)
+    if settings is None:
+        return "a batch must have a positive number of samples"
+    ignore_index, class_weights = settings
+    weighted = " or only targets whose class weight is 0" if class_weights is not None else ""
+    return (
+        f"a batch holds no target other than ignore_index={ignore_index}{weighted}, so "
+        "its mean loss is 0/0; leave such batches out of the data"
+    )
+
+
+def _qualified_name(fn: Any) -> str:
+    if isinstance(fn, functools.partial):
+        return f"partial({_qualified_name(fn.func)})"
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}"
+
+
+def loss_identity(criterion: Any, loss_fn: Any) -> str:
+    """A readable identity of the loss, for checkpoint fingerprints.
+
+    A loss module: its type and its settings (reduction, ignore_index,
+    label_smoothing, ...), plus a digest of its buffers and parameters (class
+    weights); a function or a loss_fn: its qualified name.
+    """
+    if loss_fn is not None:
+        return f"loss_fn {_qualified_name(loss_fn)}"
+    if not isinstance(criterion, nn.Module):
+        return f"criterion {_qualified_name(criterion)}"
+    settings = {
+        key: value
+        for key, value in sorted(vars(criterion).items())
+        if not key.startswith("_")
+        and key != "training"
+        and isinstance(value, (bool, int, float, str, type(None)))
+    }
+    shown = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+    tensors = [t for _, t in criterion.named_buffers()] + list(criterion.parameters())
+    tensors = [t for t in tensors if t is not None]
+    held = f" tensors {digest(tensors)[:16]}" if tensors else ""
+    return f"criterion {type(criterion).__qualname__}({shown}){held}"
