@@ -193,12 +193,14 @@ def test_criterion_keyword_and_loss_alias():
 
 
 def test_parameters_and_buffers_restored_bit_for_bit():
-    # train mode: every evaluation updates BatchNorm's running statistics
+    # train mode (asked for): every evaluation updates BatchNorm's running statistics
     model = _bn_net().train()
     x = torch.randn(16, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (16,))
     before = _snapshot(model)
-    res = loss_landscape(model, nn.CrossEntropyLoss(), (x, y), "random", span=0.7, steps=4)
+    res = loss_landscape(
+        model, nn.CrossEntropyLoss(), (x, y), "random", span=0.7, steps=4, allow_train_mode=True
+    )
     assert res.losses.shape == (4, 4)
     assert np.ptp(res.losses) > 0  # the parameters did move during the evaluation
     _assert_same(model, before)
@@ -360,3 +362,53 @@ def test_eigen_directions_have_their_eigenvalue_as_curvature():
     plane = loss_landscape(model, nn.CrossEntropyLoss(), (x, y), "eigen", span=h, steps=3)
     np.testing.assert_allclose(plane.curvatures, lam[:2], rtol=1e-6)
     assert plane.direction_norms == pytest.approx([1.0, 1.0], rel=1e-10)
+
+
+def test_train_mode_batchnorm_or_dropout_is_refused():
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    torch.manual_seed(0)
+    dropout = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 3)).double().train()
+    for model in (_bn_net().train(), dropout):
+        with pytest.raises(RuntimeError, match=r"model\.eval\(\).*allow_train_mode=True"):
+            loss_landscape(model, nn.CrossEntropyLoss(), (x, y), "random", span=0.5, steps=3)
+        with pytest.raises(RuntimeError, match="allow_train_mode=True"):
+            loss_landscape(model, nn.CrossEntropyLoss(), (x, y), "eigen", span=0.5, steps=3)
+    # in eval mode two identical calls agree to the bit
+    a = loss_landscape(dropout.eval(), nn.CrossEntropyLoss(), (x, y), "random", span=0.5, steps=3)
+    b = loss_landscape(dropout, nn.CrossEntropyLoss(), (x, y), "random", span=0.5, steps=3)
+    np.testing.assert_array_equal(a.losses, b.losses)
+
+
+def test_each_submodule_keeps_its_own_mode():
+    """A frozen eval-mode BatchNorm inside a train-mode model stays in eval mode."""
+    model = _bn_net().train()
+    model[1].eval()  # frozen statistics
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    loss_landscape(model, nn.CrossEntropyLoss(), (x, y), "random", span=0.5, steps=3)
+    assert model.training and model[0].training and not model[1].training
+
+
+def test_ignored_targets_weigh_as_for_the_hessian():
+    """The origin loss over two unequal batches is the full-data mean, ignored labels excluded."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(30, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (30,))
+    y[:10] = -100
+    batches = [(x[:12], y[:12]), (x[12:], y[12:])]
+    crit = nn.CrossEntropyLoss()
+    res = loss_landscape(model, crit, batches, "random", span=0.5, steps=3)
+    assert res.origin_loss == pytest.approx(float(crit(model(x), y).detach()), rel=1e-12)
+    dict_batches = [{"x": bx, "y": by} for bx, by in batches]
+    res = loss_landscape(
+        model,
+        None,
+        dict_batches,
+        "random",
+        span=0.5,
+        steps=3,
+        loss_fn=lambda m, b: (crit(m(b["x"]), b["y"]), int((b["y"] != -100).sum())),
+    )
+    assert res.origin_loss == pytest.approx(float(crit(model(x), y).detach()), rel=1e-12)

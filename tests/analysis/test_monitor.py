@@ -114,3 +114,13 @@ def test_every_and_bad_input():
         SpectrumMonitor(model, nn.CrossEntropyLoss(), (x, y), method="power")
     with pytest.raises(ValueError, match="no data"):
         SpectrumMonitor(model, nn.CrossEntropyLoss()).update(0)
+
+
+def test_each_submodule_keeps_its_own_mode():
+    """A frozen eval-mode BatchNorm inside a train-mode model comes back in eval mode."""
+    model, x, y = _problem(3)
+    model = nn.Sequential(model[0], nn.BatchNorm1d(16), model[1], model[2]).double().train()
+    model[1].eval()  # frozen statistics
+    mon = SpectrumMonitor(model, nn.CrossEntropyLoss(), (x, y), k=1, trace=False)
+    mon.update(0)
+    assert model.training and model[0].training and not model[1].training

@@ -15,9 +15,13 @@ on a grid, for directions given by the caller or built here:
 - ``"gradient"``: the unit gradient direction; a second direction, where asked
   for, is a random unit direction orthogonal to it.
 
-The model's parameters and buffers are restored bit-for-bit afterwards, also
-when an evaluation raises. The grid is evaluated in one pass over the data:
-each batch is loaded once and all grid points are evaluated on it.
+The model's parameters, buffers and every submodule's train/eval mode are
+restored bit-for-bit afterwards, also when an evaluation raises; each
+evaluation starts from the model's buffers (one that a forward updates is
+restored after it). A model in train mode with BatchNorm or Dropout is
+refused as `HessianOperator` refuses it (two identical calls would differ)
+unless ``allow_train_mode=True``. The grid is evaluated in one pass over the
+data: each batch is loaded once and all grid points are evaluated on it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from hessian_spectra.operators import (
     ParamSpec,
     select_parameters,
 )
+from hessian_spectra.operators.model import modes_kept
 from hessian_spectra.results import LandscapeResult
 
 __all__ = [
@@ -144,7 +149,11 @@ def gradient_direction(
     loss_fn: LossFn | None = None,
     params: ParamSpec = None,
 ) -> dict[str, torch.Tensor]:
-    """The full-data gradient, scaled to unit norm, as a dict ``{name: tensor}``."""
+    """The full-data gradient, scaled to unit norm, as a dict ``{name: tensor}``.
+
+    The model's buffers are left as they were (train-mode BatchNorm's running
+    statistics included).
+    """
     problem = ModelLoss(
         model, criterion, data, loss_fn=loss_fn, params=params, allow_train_mode=True
     )
@@ -166,7 +175,7 @@ def _full_gradient(problem: ModelLoss) -> dict[str, torch.Tensor]:
     selection = problem.selection
     total = 0.0
     acc = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in selection.items()}
-    with torch.enable_grad():
+    with torch.enable_grad(), problem.state_kept():
         for batch in problem.batches():
             loss, w = problem.loss(batch)
             gs = torch.autograd.grad(loss, selection.params, allow_unused=True)
@@ -189,9 +198,17 @@ def eigen_directions(
     params: ParamSpec = None,
     seed: int = 0,
     tol: float = 1e-4,
+    allow_train_mode: bool = False,
 ) -> tuple[list[dict[str, torch.Tensor]], np.ndarray, int]:
     """The top `num` Hessian eigenvectors as dicts, their eigenvalues, and the HVPs used."""
-    op = HessianOperator(model, criterion, data, loss_fn=loss_fn, params=params)
+    op = HessianOperator(
+        model,
+        criterion,
+        data,
+        loss_fn=loss_fn,
+        params=params,
+        allow_train_mode=allow_train_mode,
+    )
     res = eigsh(op, int(num), which="LA", tol=tol, seed=seed)
     dirs = [op.unflatten(res.eigenvectors[:, i]) for i in range(int(num))]
     return dirs, np.asarray(res.eigenvalues, dtype=np.float64), int(res.num_matvecs)
@@ -222,19 +239,22 @@ def loss_landscape(
     slopes: bool = False,
     progress: bool = False,
     loss: Criterion | None = None,
+    allow_train_mode: bool = False,
 ) -> LandscapeResult:
     """The loss on a line (one direction) or a plane (two) through the current parameters.
 
     Args:
-        model: the network; its parameters and buffers are restored bit-for-bit
-            afterwards, also when an evaluation raises. It is evaluated in the
-            mode it is in (train-mode BatchNorm uses batch statistics).
+        model: the network; its parameters, buffers and every submodule's
+            train/eval mode are restored bit-for-bit afterwards, also when an
+            evaluation raises. It is evaluated in the mode it is in; BatchNorm
+            or Dropout in train mode is refused unless `allow_train_mode`.
         criterion: called as ``criterion(model(inputs), targets)`` (returning
             the batch mean), or None when `loss_fn` is given. Exactly one of
             criterion and loss_fn.
         data: one batch (``(inputs, targets)``, a dict) or a re-iterable of
-            batches; the loss is the sample-weighted mean over batches (a
-            batch's weight as for `HessianOperator`). Batches are moved to the
+            batches; the loss is the weighted mean over batches (a batch's
+            weight, the number of terms its mean loss averages over, as for
+            `HessianOperator`: targets other than ``ignore_index`` count). Batches are moved to the
             parameters' device and floating tensors cast to their dtype.
         directions: "eigen" (top Hessian eigenvectors), "random"
             (filter-normalized), "gradient", or the directions themselves: a flat
@@ -254,6 +274,9 @@ def loss_landscape(
             gradient pass), for Taylor-model overlays.
         progress: show a progress bar over the data pass.
         loss: the former name of `criterion`, still accepted (not both).
+        allow_train_mode: evaluate a model whose BatchNorm or Dropout layers
+            are in train mode (BatchNorm then uses batch statistics, Dropout
+            draws new masks at every evaluation, so the surface is noisy).
 
     Returns:
         A `LandscapeResult`.
@@ -281,56 +304,60 @@ def loss_landscape(
             "or `loss_fn` (called as loss_fn(model, batch))"
         )
     problem = ModelLoss(
-        model, criterion, data, loss_fn=loss_fn, params=params, allow_train_mode=True
+        model,
+        criterion,
+        data,
+        loss_fn=loss_fn,
+        params=params,
+        allow_train_mode=allow_train_mode,
     )
     names = problem.selection.names
 
     # snapshot everything an evaluation could change, restored in `finally`
     saved_params = {n: p.detach().clone() for n, p in model.named_parameters()}
     saved_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    was_training = model.training
     t0 = time.perf_counter()
     num_matvecs = 0
     curvatures: np.ndarray | None = None
-    try:
-        kind, dirs, curvatures, num_matvecs = _resolve_directions(
-            problem, data, directions, dims, seed
-        )
-        spans: list[Any] = (
-            list(span) if _per_direction(span, len(dirs)) else [span] * len(dirs)  # type: ignore[arg-type]
-        )
-        step_list = list(steps) if isinstance(steps, Sequence) else [steps] * len(dirs)
-        if len(spans) != len(dirs) or len(step_list) != len(dirs):
-            raise ValueError(
-                f"give one span and one steps value, or one per direction ({len(dirs)})"
+    with modes_kept(model):
+        try:
+            kind, dirs, curvatures, num_matvecs = _resolve_directions(
+                problem, data, directions, dims, seed
             )
-        if any(int(s) < 2 for s in step_list):
-            raise ValueError(f"steps must be at least 2 per direction, got {step_list}")
-        axes = [_grid_axis(s, int(n)) for s, n in zip(spans, step_list, strict=True)]
-        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(dirs))
+            spans: list[Any] = (
+                list(span) if _per_direction(span, len(dirs)) else [span] * len(dirs)  # type: ignore[arg-type]
+            )
+            step_list = list(steps) if isinstance(steps, Sequence) else [steps] * len(dirs)
+            if len(spans) != len(dirs) or len(step_list) != len(dirs):
+                raise ValueError(
+                    f"give one span and one steps value, or one per direction ({len(dirs)})"
+                )
+            if any(int(s) < 2 for s in step_list):
+                raise ValueError(f"steps must be at least 2 per direction, got {step_list}")
+            axes = [_grid_axis(s, int(n)) for s, n in zip(spans, step_list, strict=True)]
+            grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(dirs))
 
-        slope_arr: np.ndarray | None = None
-        if slopes:
-            gflat = problem.selection.flatten(_full_gradient(problem)).double()
-            slope_arr = np.array(
-                [float(gflat @ problem.selection.flatten(d).double()) for d in dirs]
+            slope_arr: np.ndarray | None = None
+            if slopes:
+                gflat = problem.selection.flatten(_full_gradient(problem)).double()
+                slope_arr = np.array(
+                    [float(gflat @ problem.selection.flatten(d).double()) for d in dirs]
+                )
+            sums, origin_sum, weight, evaluations = _evaluate_grid(
+                problem, grid, dirs, saved_params, progress
             )
-        sums, origin_sum, weight, evaluations = _evaluate_grid(
-            problem, grid, dirs, saved_params, progress
-        )
-        losses = (sums / weight).reshape([a.size for a in axes])
-        if not np.all(np.isfinite(losses)):
-            bad = int(np.sum(~np.isfinite(losses)))
-            raise FloatingPointError(
-                f"{bad} grid points gave a non-finite loss; use a smaller span"
-            )
-    finally:
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(saved_params[n])
-            for n, buf in model.named_buffers():
-                buf.copy_(saved_buffers[n])
-        model.train(was_training)
+            losses = (sums / weight).reshape([a.size for a in axes])
+            if not np.all(np.isfinite(losses)):
+                bad = int(np.sum(~np.isfinite(losses)))
+                raise FloatingPointError(
+                    f"{bad} grid points gave a non-finite loss; use a smaller span"
+                )
+        finally:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(saved_params[n])
+                for n, buf in model.named_buffers():
+                    buf.copy_(saved_buffers[n])
 
     return LandscapeResult(
         coordinates=axes,
@@ -382,13 +409,15 @@ def _evaluate_grid(
                 for name, p in selection.items():
                     step = sum(float(c) * d[name] for c, d in zip(point, dirs, strict=True))
                     p.copy_(saved_params[name] + step)
-                value, w = problem.loss(batch)
+                with problem.state_kept():
+                    value, w = problem.loss(batch)
                 sums[i] += w * float(value)
                 evaluations += 1
                 bar.update(1)
             for name, p in selection.items():
                 p.copy_(saved_params[name])
-            value, w = problem.loss(batch)
+            with problem.state_kept():
+                value, w = problem.loss(batch)
             origin_sum += w * float(value)
             weight += w
             bar.update(1)
@@ -431,6 +460,7 @@ def _resolve_directions(
                 loss_fn=problem.loss_fn,
                 params=names,
                 seed=seed,
+                allow_train_mode=problem.allow_train_mode,
             )
             return kind, dirs, lam, mv
         g = _unit_gradient(problem)

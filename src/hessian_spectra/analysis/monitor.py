@@ -63,6 +63,7 @@ from hessian_spectra.analysis.tracking import (
 )
 from hessian_spectra.figures import save_figure
 from hessian_spectra.operators import HessianOperator
+from hessian_spectra.operators.model import modes_kept
 from hessian_spectra.plots import plot_monitor
 from hessian_spectra.results import MonitorKeys as Key
 from hessian_spectra.results import MonitorResult
@@ -105,7 +106,8 @@ class SpectrumMonitor:
             exceed it. None: no budget.
         eval_mode: put the model in eval mode during an update (BatchNorm and
             Dropout must not act in train mode while the Hessian is taken), then
-            restore its mode.
+            restore every submodule's own mode (a frozen eval-mode layer inside
+            a train-mode model stays in eval mode).
     """
 
     def __init__(
@@ -206,11 +208,10 @@ class SpectrumMonitor:
         data = self.data if data is None else data
         if data is None:
             raise ValueError("no data: give it to SpectrumMonitor(...) or to update(data=...)")
-        was_training = self.model.training
-        if self.eval_mode:
-            self.model.eval()
         t0 = time.perf_counter()
-        try:
+        with modes_kept(self.model):
+            if self.eval_mode:
+                self.model.eval()
             op = self._operator(data)
             n = op.shape[0]
             if self.k >= n:
@@ -264,8 +265,6 @@ class SpectrumMonitor:
                         for name, est in tr.block_estimates.items()
                     }
             self._extras(op, record)
-        finally:
-            self.model.train(was_training)
         record[Key.SECONDS] = time.perf_counter() - t0
         record[Key.WALL] = time.perf_counter() - self._t0
         for key, val in values.items():
