@@ -36,7 +36,7 @@ GROUPS = [
             "PreconditionedOperator",
         ],
     ),
-    ("Algorithms", ["eigsh", "refine", "trace", "density", "sketch", "lanczos"]),
+    ("Algorithms", ["eigsh", "refine", "trace", "diagonal", "density", "sketch", "lanczos"]),
     ("Analyses", ["layer_traces", "loss_landscape", "SpectrumMonitor"]),
     ("Optimizers", ["SketchySGD", "NystromPreconditioner", "curvature_lr", "CurvatureLR"]),
     (
@@ -45,6 +45,7 @@ GROUPS = [
             "Result",
             "EigshResult",
             "TraceResult",
+            "DiagonalResult",
             "DensityResult",
             "SketchResult",
             "LandscapeResult",

@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "eigsh": "hessian_spectra.algorithms",
     "refine": "hessian_spectra.algorithms",
     "trace": "hessian_spectra.algorithms",
+    "diagonal": "hessian_spectra.algorithms",
     "density": "hessian_spectra.algorithms",
     "sketch": "hessian_spectra.algorithms",
     # analysis
@@ -57,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "Result": "hessian_spectra.results",
     "EigshResult": "hessian_spectra.results",
     "TraceResult": "hessian_spectra.results",
+    "DiagonalResult": "hessian_spectra.results",
     "DensityResult": "hessian_spectra.results",
     "SketchResult": "hessian_spectra.results",
     "LandscapeResult": "hessian_spectra.results",

@@ -350,6 +350,35 @@ class TraceResult(Result):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DiagonalResult(Result):
+    """A diagonal estimate with a standard error per entry, from `diagonal`.
+
+    Attributes:
+        estimate: (n,) float64 tensor on the operator's device: the diagonal
+            estimate (unbiased; ``op.unflatten(estimate)`` maps it to the
+            parameters of a model operator).
+        stderr: (n,) its standard errors: Hutchinson's sample standard
+            deviation over sqrt(probes); XDiag's jackknife (cautious: it
+            over-estimates rather than under-reports).
+        block_estimates: per-block sums of the diagonal (block traces), when
+            `blocks` were given.
+        block_stderrs: the standard error of each block's sum.
+        block_sizes: the number of entries in each block (block_estimates /
+            block_sizes is the mean curvature per parameter).
+        method: "hutchinson" or "xdiag".
+        probes: random probes used (XDiag takes two products per probe).
+    """
+
+    estimate: torch.Tensor
+    stderr: torch.Tensor
+    block_estimates: Mapping[str, float] | None = None
+    block_stderrs: Mapping[str, float] | None = None
+    block_sizes: Mapping[str, int] | None = None
+    method: str = "xdiag"
+    probes: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class SketchResult(Result):
     """A Hessian sketch and what it says about the spectrum.
 

@@ -5,7 +5,7 @@ that define them, so the modules can move without breaking their callers.
 
 Layout: `lanczos` is the kernel (the Lanczos process, short runs for the ends
 of the spectrum); `eigen/` the eigensolvers behind `eigsh` (and `refine`);
-`trace`, `density` and `sketch` the estimators; `_run` the run context (seed,
+`trace`, `diagonal`, `density` and `sketch` the estimators; `_run` the run context (seed,
 generator, record, checkpoint) and `_linalg` the small dense helpers they all
 share; `memory` the check of a call's memory before it allocates (with
 `eigsh_memory`, `trace_memory` and `density_memory` to size a run up front);
@@ -13,6 +13,8 @@ share; `memory` the check of a call's memory before it allocates (with
 """
 
 from hessian_spectra.algorithms.density import density, density_memory
+from hessian_spectra.algorithms.diagonal import Method as DiagonalMethod
+from hessian_spectra.algorithms.diagonal import diagonal
 from hessian_spectra.algorithms.eigen.eigsh import Method as EigshMethod
 from hessian_spectra.algorithms.eigen.eigsh import Which, eigsh, eigsh_memory
 from hessian_spectra.algorithms.eigen.rqi import refine
@@ -27,6 +29,7 @@ from hessian_spectra.algorithms.trace import trace, trace_memory
 __all__ = [
     "BOUND_STEPS",
     "ConvergenceWarning",
+    "DiagonalMethod",
     "EigshMethod",
     "InsufficientMemoryError",
     "SketchKind",
@@ -35,6 +38,7 @@ __all__ = [
     "available_memory",
     "density",
     "density_memory",
+    "diagonal",
     "eigsh",
     "eigsh_memory",
     "lanczos",
