@@ -259,3 +259,28 @@ def test_bad_settings_are_refused():
 
 def test_reachable_as_hs_optim():
     assert hs.optim.SketchySGD is SketchySGD is hs.SketchySGD
+
+
+def test_ggn_as_the_sketched_curvature_where_the_hessian_is_indefinite():
+    """hessian_batch=GGNOperator: the preconditioner holds the (PSD) GGN, not the Hessian."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(64, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (64,))
+    criterion = nn.CrossEntropyLoss()
+    ggn = hs.GGNOperator(model, criterion, (x, y))
+    n = ggn.shape[0]
+    eye = torch.eye(n, dtype=torch.float64)
+    H = hs.HessianOperator(model, criterion, (x, y)).matmat(eye)
+    assert float(torch.linalg.eigvalsh(H)[0]) < -1e-6  # the Hessian is indefinite here
+    G = ggn.matmat(eye)
+    full = hs.optim.NystromPreconditioner.from_operator(ggn, rank=n, seed=0)
+    approx = full.approximation(eye)
+    assert torch.allclose(approx, G, atol=1e-8 * float(torch.linalg.matrix_norm(G, ord=2)))
+    opt = SketchySGD(model.parameters(), rank=10, hessian_batch=ggn, update_every=5, seed=0)
+    losses = [float(opt.step(lambda: criterion(model(x), y)))]
+    top = torch.linalg.eigvalsh(G)[-10:].flip(0)
+    assert bool((opt.preconditioner.eigenvalues <= top * (1 + 1e-8) + 1e-12).all())  # below G
+    for _ in range(10):
+        losses.append(float(opt.step(lambda: criterion(model(x), y))))
+    assert losses[-1] < losses[0] and opt.num_rejected == 0
