@@ -214,7 +214,7 @@ class _Block(nn.Module):
 
 
 class TinyLM(nn.Module):
-    def __init__(self, vocab: int = 128, d: int = 64, ctx: int = 64, layers: int = 2) -> None:
+    def __init__(self, vocab: int = 128, d: int = 32, ctx: int = 32, layers: int = 2) -> None:
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(ctx, d)
         self.blocks = nn.Sequential(*[_Block(d, 4) for _ in range(layers)])
@@ -272,7 +272,7 @@ def lm_problem(steps: int, chars: int = 400_000, ctx: int = 32, b: int = 16) -> 
 
     prob = Problem(
         "tiny-lm", "net", make, loss, batch, evaluate, steps=steps,
-        steps_per_epoch=100, eval_every=max(1, steps // 16),
+        steps_per_epoch=100, eval_every=max(1, steps // 12),
     )  # fmt: skip
     prob.text_chars = len(text)  # type: ignore[attr-defined]
     return prob
@@ -282,7 +282,12 @@ def lm_problem(steps: int, chars: int = 400_000, ctx: int = 32, b: int = 16) -> 
 
 
 def measure_costs(prob: Problem, repeats: int = 15) -> dict[str, float]:
-    """Seconds of a gradient, of a gradient with a graph for HVPs, and of one HVP on that graph."""
+    """Seconds of a gradient, of a gradient with a graph for HVPs, and of one HVP on that graph.
+
+    The three are timed in turn within each repeat and the ratios are medians of
+    the per-repeat ratios, so that a load that changes during the measurement
+    (a shared machine) cancels out of them.
+    """
     model = prob.make_model(0)
     params = [p for p in model.parameters() if p.requires_grad]
     g = torch.Generator().manual_seed(123)
@@ -295,25 +300,26 @@ def measure_costs(prob: Problem, repeats: int = 15) -> dict[str, float]:
             vs = [torch.randn_like(p) for p in params]
             torch.autograd.grad(gs, params, grad_outputs=vs, retain_graph=True)
 
-    def median(fn: Callable[[], None]) -> float:
+    def timed(fn: Callable[[], None]) -> float:
+        t0 = time.perf_counter()
         fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+        return time.perf_counter() - t0
 
-    t_grad = median(lambda: grad(False, 0))
-    t_graph = median(lambda: grad(True, 0))
-    t_graph_hvps = median(lambda: grad(True, 10))
-    t_hvp = max(t_graph_hvps - t_graph, 0.0) / 10
+    grad(True, 10)  # warm-up
+    rows = []
+    for _ in range(repeats):
+        t_grad = timed(lambda: grad(False, 0))
+        t_graph = timed(lambda: grad(True, 0))
+        t_hvps = timed(lambda: grad(True, 10))
+        rows.append((t_grad, t_graph, max(t_hvps - t_graph, 0.0) / 10))
+    a = np.asarray(rows)
     return {
-        "grad_seconds": t_grad,
-        "graph_seconds": t_graph,
-        "hvp_seconds": t_hvp,
-        "graph_extra_in_gradients": max(t_graph / t_grad - 1.0, 0.0),
-        "hvp_in_gradients": t_hvp / t_grad,
+        "grad_seconds": float(np.median(a[:, 0])),
+        "graph_seconds": float(np.median(a[:, 1])),
+        "hvp_seconds": float(np.median(a[:, 2])),
+        "graph_extra_in_gradients": float(np.median(np.maximum(a[:, 1] / a[:, 0] - 1.0, 0.0))),
+        "hvp_in_gradients": float(np.median(a[:, 2] / a[:, 0])),
+        "repeats": repeats,
     }
 
 
@@ -547,6 +553,11 @@ def main(argv: list[str]) -> int:
         "several processes side by side); --merge then joins the parts",
     )
     parser.add_argument("--merge", action="store_true", help="join the parts into the JSON")
+    parser.add_argument(
+        "--costs",
+        action="store_true",
+        help="only measure the HVP and graph costs (at a quiet moment) for --merge to use",
+    )
     args = parser.parse_args(argv)
     name = "optimizers_quick" if args.quick else "optimizers"
     if args.merge:
@@ -564,9 +575,16 @@ def main(argv: list[str]) -> int:
         "logistic-cancer-raw": lambda: convex_problem("logistic-cancer-raw", True, False, 30 // q),
         "logistic-cancer-std": lambda: convex_problem("logistic-cancer-std", True, True, 30 // q),
         "digits-cnn": lambda: cnn_problem(8 // q),
-        "tiny-lm": lambda: lm_problem(200 // q),
+        "tiny-lm": lambda: lm_problem(120 // q),
     }
     chosen = args.only or list(makers)
+    if args.costs:
+        torch.set_num_threads(1)
+        costs = {p: measure_costs(makers[p](), repeats=31) for p in chosen}
+        CACHE.mkdir(parents=True, exist_ok=True)
+        (CACHE / f"{name}_costs.json").write_text(json.dumps(costs, indent=1))
+        print(json.dumps(costs, indent=1))
+        return 0
     t0 = time.perf_counter()
     results: dict[str, Any] = {"seeds": list(seeds), "sgd_momentum": SGD_MOMENTUM,
                                "ridge_mu": RIDGE_MU, "adaptive_grid": ADAPTIVE_GRID,
@@ -613,10 +631,36 @@ def merge(name: str) -> int:
         results.update(data)
     results["problems"] = {k: problems[k] for k in sorted(problems, key=_order)}
     results["parts_run_side_by_side"] = len(parts)
+    costs_file = CACHE / f"{name}_costs.json"
+    if costs_file.exists():  # costs measured apart, at a quieter moment: redo the cost axis
+        for pname, costs in json.loads(costs_file.read_text()).items():
+            if pname in results["problems"]:
+                recost(results["problems"][pname], costs)
     path = write_json(name, results)
     fig = figure(results, RESULTS / f"{name}.png")
     print(f"wrote {path} and {fig}")
     return 0
+
+
+def recost(pr: dict[str, Any], costs: dict[str, float]) -> None:
+    """Recompute every curve's gradient-equivalents with `costs` (the run's own kept aside)."""
+    pr["costs_during_run"] = pr["costs"]
+    pr["costs"] = costs
+    pr["costs_measured_apart"] = True
+    for oname, entry in pr["optimizers"].items():
+        for r in entry["runs"]:
+            done = [h["step"] for h in r.get("history", []) if h["kind"] in ("refresh", "check")]
+            for point in r["curve"]:
+                step, hvps = point["step"], point["hvps"]
+                graphs = {"adahessian": step, "sophiah": hvps, "sketchy-sgd": None}.get(oname, 0)
+                if graphs is None:
+                    graphs = sum(1 for s in done if s < step)
+                point["grad_equiv"] = (
+                    step
+                    + graphs * costs["graph_extra_in_gradients"]
+                    + hvps * costs["hvp_in_gradients"]
+                )
+        entry["summary"]["grad_equiv"] = [r["curve"][-1]["grad_equiv"] for r in entry["runs"]]
 
 
 def _order(name: str) -> int:
