@@ -16,6 +16,8 @@ import hessian_spectra as hs
 from hessian_spectra.operators.ggn import GGNOperator, output_loss
 from hessian_spectra.operators.hessian import HessianOperator
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")
+
 SIZES = (7, 13, 4)  # unequal batches
 C = 3  # classes, or output width
 T = 2  # positions of a sequence output
@@ -306,6 +308,7 @@ def test_loss_fn_and_hvp_mode_are_refused():
         GGNOperator(model, None, batches)
 
 
+@pytest.mark.filterwarnings("ignore:Using a target size")
 def test_mse_targets_of_another_shape_are_refused():
     model = mlp(out=1)
     x = torch.randn(6, 3, dtype=DT)

@@ -153,7 +153,7 @@ class FisherOperator(HessianOperator):
             self.mc_samples = num_samples
             if seed is None:
                 seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0])
-                if _distributed.world_size() > 1:
+                if _distributed.resolve_distributed(options.get("distributed", "auto")):
                     seed = int(_distributed.broadcast_from_main(seed))  # type: ignore[call-overload]
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
                 raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
