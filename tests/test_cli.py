@@ -526,3 +526,81 @@ def test_trace_to_a_standard_error_target(ckpt, tmp_path, capsys):
     assert code == 0, err
     tr = load_result(tmp_path / "trace.json")
     assert tr.stderr <= 0.05 * abs(tr.estimate) and tr.converged
+
+
+# ------------------------------------------------------------------ what users are told
+def test_unconverged_eigenpairs_are_reported_in_the_cli_and_the_report(ckpt, tmp_path, capsys):
+    code, out, err = _run(
+        capsys,
+        "analyze",
+        *_common(ckpt, tmp_path),
+        "--what",
+        "eigs",
+        "--k",
+        "4",
+        "--tol",
+        "1e-10",
+        "--max-matvecs",
+        "14",
+    )
+    assert code == 0, err
+    top = load_result(tmp_path / "eigs.json")
+    bad = int((~np.asarray(top.converged, dtype=bool)).sum())
+    assert bad > 0 and top.num_matvecs <= 14 + 4  # the budget and the k verifying products
+    lam = np.asarray(top.eigenvalues)
+    rel = np.asarray(top.residuals)[~top.converged] / np.abs(lam[~top.converged])
+    warning = [ln for ln in err.splitlines() if ln.startswith("hessian-spectra: warning: ")]
+    assert len(warning) == 1, err
+    line = warning[0]
+    assert f"{bad} of 4 eigenpairs did not converge (lanczos)" in line
+    assert f"after {top.num_matvecs} HVPs" in line and f"up to {rel.max():.2g}" in line
+    assert "above the tolerance 1e-10" in line and "Raise --max-matvecs or loosen --tol" in line
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<p class='warning' role='alert'><strong>Warning:</strong> " in html
+    assert f"{bad} of 4 eigenpairs did not converge" in html
+
+
+def test_converged_run_has_no_warning(ckpt, tmp_path, capsys):
+    code, _, err = _run(capsys, "eigs", *_common(ckpt, tmp_path), "--k", "2")
+    assert code == 0 and "warning" not in err
+    assert load_result(tmp_path / "eigs.json").converged.all()
+
+
+def test_sketch_defaults_give_nystrom_a_power_step_and_say_what_each_is_for(ckpt, tmp_path, capsys):
+    code, out, err = _run(
+        capsys, "analyze", *_common(ckpt, tmp_path), "--what", "sketch", "--k", "3", "--size", "12"
+    )
+    assert code == 0, err
+    nys = load_result(tmp_path / "sketch_nystrom.json")
+    rf = load_result(tmp_path / "sketch_rangefinder.json")
+    rad = load_result(tmp_path / "sketch_rademacher.json")
+    assert nys.settings["power_steps"] == 1 and nys.num_matvecs == 24
+    assert rf.settings["power_steps"] == 0 and rad.settings["power_steps"] == 0
+    assert "nystrom, 1 power step: good for a PSD low-rank approximation" in out
+    assert "rangefinder, 0 power steps: good for the top eigenpairs" in out
+    assert "rademacher: good for the trace: tr(SᵀHS) is an unbiased estimate" in out
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    for phrase in (
+        "Good for the top eigenpairs",
+        "Good for the trace: tr(SᵀHS) is an unbiased estimate of tr(H); its eigenvalues are biased",
+        "Good for a PSD low-rank approximation of H",
+        "without a power step",
+    ):
+        assert phrase in html, phrase
+    # --power-steps 0 still gives the one-pass Nystrom sketch
+    code, _, err = _run(
+        capsys,
+        "sketch",
+        *_common(ckpt, tmp_path / "q0"),
+        "--kind",
+        "nystrom",
+        "--size",
+        "12",
+        "--k",
+        "3",
+        "--power-steps",
+        "0",
+        "--no-compare",
+    )
+    assert code == 0, err
+    assert load_result(tmp_path / "q0" / "sketch_nystrom.json").settings["power_steps"] == 0

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from hessian_spectra.algorithms import eigsh_memory
 from hessian_spectra.cli import main
 
 TRAINING = "training the digits CNN"
@@ -236,3 +237,111 @@ def test_a_crafted_cifar_file_is_refused_through_the_cli(tmp_path, capsys):
     )
     assert code == 2 and not target.exists()
     assert "is not a standard CIFAR-10 python batch" in _one_line(err)
+
+
+# ------------------------------------------------------------------ memory, before any work
+@pytest.fixture
+def no_data(monkeypatch):
+    """Reading data, training or computing is a failure: the estimate needs only n."""
+    import hessian_spectra.cli.setup as setup
+
+    def no_work(*a, **k):
+        raise AssertionError("data was read before the memory check")
+
+    monkeypatch.setattr(setup, "load_data", no_work)
+
+
+def test_eigs_k5000_on_resnet20_is_refused_fast(tmp_path, capsys, no_data):
+    t0 = time.perf_counter()
+    code, _, err = _run(
+        capsys, "eigs", "--model", "resnet20", "--k", "5000", "--max-memory", "8GB",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2
+    line = _one_line(err)
+    need = eigsh_memory(272_474, 5000) / 1e9  # the basis alone is 16.3 GB
+    assert f"eigs would need about {need:.1f} GB for its vectors (n = 272,474 " in line
+    assert "more than --max-memory 8GB (8.0 GB)" in line
+    assert "ask for fewer eigenpairs with --k" in line and "--params" in line
+    assert "--max-basis" not in line  # even the smallest basis for k = 5000 does not fit
+    assert line.endswith("; or raise --max-memory")
+    assert time.perf_counter() - t0 < 30
+
+
+def test_the_suggested_max_basis_fits(tmp_path, capsys, no_data):
+    import re
+
+    argv = ["eigs", "--model", "resnet20", "--k", "5000", "--max-memory", "30GB"]
+    code, _, err = _run(capsys, *argv, "--out", str(tmp_path))
+    assert "or cap the Lanczos basis with --max-basis (--max-basis " in err
+    fit = re.search(r"--max-basis (\d+) fits", err)
+    assert code == 2 and fit, err
+    code, _, err = _run(capsys, *argv, "--max-basis", fit.group(1), "--out", str(tmp_path))
+    assert "data was read before the memory check" in err  # it got past the memory check
+
+
+def test_memory_is_checked_against_what_is_available(tmp_path, capsys, no_data, monkeypatch):
+    import hessian_spectra.cli.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 10**9)
+    code, _, err = _run(
+        capsys, "eigs", "--model", "resnet20", "--k", "5000", "--out", str(tmp_path)
+    )
+    assert code == 2
+    line = _one_line(err)
+    assert (
+        "eigs would need about 41.8 GB" in line and "more than the 4.0 GB available on cpu" in line
+    )
+    assert "raise --max-memory" not in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["trace", "--num-matvecs", "20000"],
+            "trace would need about 130.9 GB for its vectors (n = 272,474 parameters, float32)",
+        ),
+        (
+            ["trace", "--num-matvecs", "20000", "--layers"],
+            "layers would need about",
+        ),
+        (
+            ["density", "--num-steps", "2000", "--num-probes", "10"],
+            "density would need about",
+        ),
+        (["sketch", "--size", "2000", "--no-compare"], "sketch would need about"),
+        (["analyze", "--what", "density", "--num-steps", "2000"], "density would need about"),
+    ],
+)
+def test_each_analysis_is_sized_before_any_work(argv, message, tmp_path, capsys, no_data):
+    code, _, err = _run(
+        capsys, *argv, "--model", "resnet20", "--max-memory", "1GB", "--out", str(tmp_path)
+    )
+    assert code == 2
+    line = _one_line(err)
+    assert message in line and "more than --max-memory 1GB (1.0 GB)" in line, line
+
+
+def test_options_that_cannot_fit_the_model_are_found_before_data(tmp_path, capsys, no_data):
+    code, _, err = _run(
+        capsys, "trace", "--params", r"^fc\.bias$", "--num-matvecs", "60",
+        "--model", "resnet20", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2
+    line = _one_line(err)
+    assert "the trace options do not fit this model: xtrace would use 30 >= n=10 probes" in line
+    code, _, err = _run(
+        capsys, "sketch", "--params", r"^fc\.", "--size", "650", "--k", "3",
+        "--model", "resnet20", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2
+    assert "--size 650 must be below the parameter count 650" in _one_line(err)
+
+
+@pytest.mark.parametrize("text", ["8 parsecs", "GB", "0.5", "0"])
+def test_max_memory_must_be_an_amount(text, tmp_path, capsys):
+    code, _, err = _run(capsys, "eigs", "--max-memory", text, "--out", str(tmp_path))
+    assert code == 2
+    line = _one_line(err)
+    assert "--max-memory" in line and ("is not an amount of memory" in line or "at least" in line)

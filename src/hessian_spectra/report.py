@@ -123,6 +123,7 @@ class Report:
     _rows: list[tuple[str, str, str, int | None, float | None]] = field(default_factory=list)
     _sections: list[_Section] = field(default_factory=list)
     _notes: list[str] = field(default_factory=list)
+    _warnings: list[str] = field(default_factory=list)
 
     def add_result(
         self, name: str, result: Result, *, answer: str | None = None, method: str | None = None
@@ -153,6 +154,11 @@ class Report:
     def add_note(self, text: str) -> None:
         """Add a paragraph under the summary (plain text, escaped)."""
         self._notes.append(text)
+
+    def add_warning(self, text: str) -> None:
+        """Add a warning under the summary, set off so that it is not missed (e.g. a run
+        that stopped with unconverged eigenpairs); plain text, escaped."""
+        self._warnings.append(text)
 
     def add_table(
         self,
@@ -233,6 +239,10 @@ class Report:
         if self._rows:
             parts.append("<h2>Summary</h2>")
             parts.append(self._summary_table())
+        for text in self._warnings:
+            parts.append(
+                f"<p class='warning' role='alert'><strong>Warning:</strong> {html.escape(text)}</p>"
+            )
         for note in self._notes:
             parts.append(f"<p class='note'>{html.escape(note)}</p>")
         for sec in self._sections:
@@ -355,6 +365,8 @@ h2 { font-size: 18px; margin: 34px 0 10px; padding-bottom: 4px;
   border-bottom: 2px solid var(--line); color: var(--accent); }
 .subtitle { color: var(--muted); margin: 0 0 10px; }
 .note { color: var(--muted); font-size: 14px; }
+.warning { background: #fff4e0; border-left: 4px solid #d9822b; padding: 8px 12px;
+  margin: 12px 0; font-size: 14px; }
 table { border-collapse: collapse; width: 100%; font-size: 14px;
   font-variant-numeric: tabular-nums; }
 th, td { text-align: left; padding: 5px 10px; border-bottom: 1px solid var(--line);

@@ -20,10 +20,12 @@ Under ``torchrun --nproc_per_node=N`` the process group is initialized here
 (gloo on CPU, nccl on GPU), each rank multiplies by its share of the data, and
 only rank 0 prints and writes.
 
-Modules: `parser` (commands and options), `commands` and `train` (what each
-command does), `setup` (device, output folder, model and data), `analyses`
-(the ``run_*`` functions, with typed options), `output` (printing, result
-files and the report).
+Modules: `parser` (commands and options), `checks` (every option's range,
+right after parsing), `commands` and `train` (what each command does), `setup`
+(device, output folder, model and data), `memory` (the analyses' memory,
+estimated from the parameter count before any work; `units` reads ``8GB``),
+`analyses` (the ``run_*`` functions, with typed options), `output` (printing,
+result files and the report, with a warning for unconverged eigenpairs).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from hessian_spectra._progress import set_progress
+from hessian_spectra.algorithms import ConvergenceWarning, InsufficientMemoryError
 from hessian_spectra.checkpoint import CheckpointError
 from hessian_spectra.cli.checks import check_args
 from hessian_spectra.cli.errors import (
@@ -75,8 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_args(args)
         started_group = _init_distributed(args)
-        return int(args.func(args))
-    except (CLIError, ProblemError, CheckpointError) as exc:
+        with warnings.catch_warnings():
+            # the commands say themselves, in one line and in the report, when pairs
+            # did not converge
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return int(args.func(args))
+    except (CLIError, ProblemError, CheckpointError, InsufficientMemoryError) as exc:
         note(f"{PROG}: error: {exc}")
         return EXIT_BAD_INPUT
     except SystemExit as exc:  # user code (a model, data or factory) called sys.exit()

@@ -17,6 +17,7 @@ from typing import Any
 
 from hessian_spectra.cli.analyses import parse_what
 from hessian_spectra.cli.errors import CLIError
+from hessian_spectra.cli.units import parse_memory
 
 #: the commands whose options are checked here (``experiment`` checks its own)
 COMMANDS = ("demo", "analyze", "eigs", "trace", "density", "sketch", "landscape", "train")
@@ -25,6 +26,7 @@ COMMANDS = ("demo", "analyze", "eigs", "trace", "density", "sketch", "landscape"
 MIN_INT = {
     "k": 1,
     "samples": 1,
+    "max_basis": 2,
     "batch_size": 1,
     "max_matvecs": 1,
     "block_size": 1,
@@ -109,6 +111,8 @@ def check_args(args: argparse.Namespace) -> None:
             ) from None
     if given.get("what") is not None:
         parse_what(given["what"])
+    if given.get("max_memory") is not None:
+        parse_memory(given["max_memory"])
 
 
 def _check_train(given: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
 
 from hessian_spectra.cli.analyses import (
     ANALYSES,
@@ -27,8 +28,9 @@ from hessian_spectra.cli.analyses import (
     run_sketch,
     run_trace,
 )
+from hessian_spectra.cli.memory import memory_check
 from hessian_spectra.cli.output import Outcome, finish, say, write_report
-from hessian_spectra.cli.setup import Inputs, Resume, build_setup
+from hessian_spectra.cli.setup import DTYPES, Inputs, Resume, build_setup
 
 
 # =============================================================================== options
@@ -46,6 +48,7 @@ def inputs_of(args: argparse.Namespace) -> Inputs:
         params=args.params,
         seed=args.seed,
         out=args.out,
+        max_memory=args.max_memory,
     )
 
 
@@ -56,7 +59,13 @@ def resume_of(args: argparse.Namespace) -> Resume:
 def eigs_of(args: argparse.Namespace, *, full: bool) -> EigsOptions:
     """``--k``, ``--tol``, ``--compare-power``; with `full` also the eigs command's options."""
     if not full:
-        return EigsOptions(k=args.k, tol=args.tol, compare_power=args.compare_power)
+        return EigsOptions(
+            k=args.k,
+            tol=args.tol,
+            max_matvecs=args.max_matvecs,
+            max_basis=args.max_basis,
+            compare_power=args.compare_power,
+        )
     return EigsOptions(
         k=args.k,
         tol=args.tol,
@@ -64,6 +73,7 @@ def eigs_of(args: argparse.Namespace, *, full: bool) -> EigsOptions:
         method=args.method,
         block_size=args.block_size,
         max_matvecs=args.max_matvecs,
+        max_basis=args.max_basis,
         verify=args.verify,
         compare_power=args.compare_power,
     )
@@ -81,18 +91,39 @@ def sketch_of(args: argparse.Namespace) -> SketchOptions:
     return SketchOptions(size=args.size, kind=args.kind, power_steps=args.power_steps, k=args.k)
 
 
+def _memory(
+    what: Sequence[str], opts: Options, inputs: Inputs, *, reference: bool = True
+) -> Callable[[int], None]:
+    """The memory check of the analyses in `what`, run once the parameter count is known."""
+    return memory_check(
+        what, opts, DTYPES[inputs.dtype], inputs.device, inputs.max_memory, reference=reference
+    )
+
+
 # =============================================================================== commands
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the digits CNN, run every analysis, write report.html."""
     t0 = time.perf_counter()
-    inputs = Inputs(samples=args.samples, dtype=args.dtype, seed=args.seed, out=args.out)
-    s = build_setup(inputs, command="demo", k=args.k, train_steps=args.train_steps)
+    inputs = Inputs(
+        samples=args.samples,
+        dtype=args.dtype,
+        seed=args.seed,
+        out=args.out,
+        max_memory=args.max_memory,
+    )
     opts = Options(
         eigs=EigsOptions(k=args.k, tol=args.tol, compare_power=True),
         trace=TraceOptions(num_matvecs=args.num_matvecs),
         density=density_of(args),
         sketch=SketchOptions(size=args.size, k=args.k),
         landscape=LandscapeOptions(steps=args.steps),
+    )
+    s = build_setup(
+        inputs,
+        command="demo",
+        k=args.k,
+        train_steps=args.train_steps,
+        check=_memory(ANALYSES, opts, inputs),
     )
     out = run_analyses(s, ANALYSES, opts, Outcome(s.out))
     training = (s.train_note, s.train_seconds) if s.train_seconds else None
@@ -113,7 +144,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the chosen analyses on the user's model and data, write report.html."""
     t0 = time.perf_counter()
     what = parse_what(args.what)
-    s = build_setup(inputs_of(args), command="analyze", k=args.k, train_steps=args.train_steps)
+    inputs = inputs_of(args)
     opts = Options(
         eigs=eigs_of(args, full=False),
         trace=trace_of(args),
@@ -121,6 +152,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         sketch=sketch_of(args),
         landscape=LandscapeOptions(span=args.span, steps=args.steps),
         resume=resume_of(args),
+    )
+    s = build_setup(
+        inputs,
+        command="analyze",
+        k=args.k,
+        train_steps=args.train_steps,
+        check=_memory(what, opts, inputs),
     )
     out = run_analyses(s, what, opts, Outcome(s.out))
     training = (s.train_note, s.train_seconds) if s.train_seconds else None
@@ -139,16 +177,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_eigs(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    s = build_setup(inputs_of(args), command="eigs", k=args.k, train_steps=args.train_steps)
+    inputs, opts = inputs_of(args), eigs_of(args, full=True)
+    check = _memory(["eigs"], Options(eigs=opts), inputs)
+    s = build_setup(inputs, command="eigs", k=args.k, train_steps=args.train_steps, check=check)
     out = Outcome(s.out)
-    run_eigs(s, eigs_of(args, full=True), resume_of(args), out)
+    run_eigs(s, opts, resume_of(args), out)
     finish(out, t0)
     return 0
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    s = build_setup(inputs_of(args), command="trace", train_steps=args.train_steps)
+    inputs = inputs_of(args)
+    opts = Options(trace=trace_of(args, rtol=None if args.layers else args.rtol))
+    check = _memory(["layers" if args.layers else "trace"], opts, inputs)
+    s = build_setup(inputs, command="trace", train_steps=args.train_steps, check=check)
     out = Outcome(s.out)
     if args.layers:
         run_layers(s, trace_of(args), out)
@@ -160,7 +203,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_density(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    s = build_setup(inputs_of(args), command="density", train_steps=args.train_steps)
+    inputs = inputs_of(args)
+    check = _memory(["density"], Options(density=density_of(args)), inputs)
+    s = build_setup(inputs, command="density", train_steps=args.train_steps, check=check)
     out = Outcome(s.out)
     run_density(s, density_of(args), resume_of(args), out, None)
     finish(out, t0)
@@ -169,7 +214,10 @@ def cmd_density(args: argparse.Namespace) -> int:
 
 def cmd_sketch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    s = build_setup(inputs_of(args), command="sketch", k=args.k, train_steps=args.train_steps)
+    inputs = inputs_of(args)
+    opts = Options(eigs=EigsOptions(k=args.k), sketch=sketch_of(args))
+    check = _memory(["sketch"], opts, inputs, reference=args.compare)
+    s = build_setup(inputs, command="sketch", k=args.k, train_steps=args.train_steps, check=check)
     out = Outcome(s.out)
     top = reference_eigs(s, min(args.k, args.size), out) if args.compare else None
     run_sketch(s, sketch_of(args), out, top)
@@ -179,8 +227,7 @@ def cmd_sketch(args: argparse.Namespace) -> int:
 
 def cmd_landscape(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    s = build_setup(inputs_of(args), command="landscape", train_steps=args.train_steps)
-    out = Outcome(s.out)
+    inputs = inputs_of(args)
     opts = LandscapeOptions(
         directions=args.directions,
         dims=args.dims,
@@ -188,6 +235,9 @@ def cmd_landscape(args: argparse.Namespace) -> int:
         steps=args.steps,
         curves=args.directions == "eigen",
     )
+    check = _memory(["landscape"], Options(landscape=opts), inputs)
+    s = build_setup(inputs, command="landscape", train_steps=args.train_steps, check=check)
+    out = Outcome(s.out)
     run_landscape(s, opts, out, None)
     finish(out, t0)
     return 0

@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hessian_spectra._distributed import is_main_process
+from hessian_spectra.cli.errors import PROG
 from hessian_spectra.figures import save_figure
 from hessian_spectra.report import Report
 
@@ -83,6 +84,7 @@ class Analysis:
     result: Any = None
     figures: list[FigureFile] = field(default_factory=list)
     answer: str | None = None  # the report's one-line answer; None: the record's summary
+    warnings: list[str] = field(default_factory=list)  # shown set off in the report
 
 
 @dataclass
@@ -115,6 +117,11 @@ class Outcome:
         path = save_figure(fig, self.out / f"{stem}.png")
         self.files.append(path)
         self.entry(name).figures.append(FigureFile(title, path, caption))
+
+    def warn(self, name: str, text: str) -> None:
+        """Print a warning about analysis `name` on stderr; the report shows it set off."""
+        note(f"{PROG}: warning: {text}")
+        self.entry(name).warnings.append(text)
 
     def results(self) -> list[Any]:
         """Every distinct result record (an estimate that serves two analyses counts once)."""
@@ -179,6 +186,9 @@ def write_report(
         rep.add_row("Training", "Adam, full batch", training[0], None, training[1])
     trace = outcome.result("trace")
     shared_trace = trace is not None and trace is outcome.result("layers")
+    for entry in outcome.analyses.values():
+        for text in entry.warnings:
+            rep.add_warning(text)
     for name, entry in outcome.analyses.items():
         res = entry.result
         if res is None or (name == "trace" and shared_trace):
@@ -205,6 +215,29 @@ def write_report(
     rep.write(path)
     outcome.files.append(path)
     return path
+
+
+def unconverged(res: Any, tol: float, advice: str) -> str | None:
+    """The warning for an eigsh result with pairs that did not converge; None if all did.
+
+    Says how many of k, the largest relative residual among them against the
+    tolerance, why the run stopped, and `advice` (which options to raise).
+    """
+    conv = np.asarray(res.converged).astype(bool)
+    if conv.all():
+        return None
+    lam = np.asarray(res.eigenvalues, dtype=np.float64)
+    rel = np.asarray(res.residuals, dtype=np.float64) / np.maximum(np.abs(lam), 1e-300)
+    bad = ~conv
+    stop = {"max_matvecs": "its HVP budget was spent", "callback": "it was stopped"}.get(
+        str(getattr(res, "stop_reason", "")), "it stopped"
+    )
+    return (
+        f"{int(bad.sum())} of {conv.size} eigenpairs did not converge ({res.method}): {stop} "
+        f"after {res.num_matvecs} HVPs with relative residuals up to {rel[bad].max():.2g}, "
+        f"above the tolerance {tol:g}; those eigenvalues are accurate only to about their "
+        f"residuals. {advice}"
+    )
 
 
 def finish(outcome: Outcome, t0: float) -> None:

@@ -95,6 +95,7 @@ def _inputs(p: argparse.ArgumentParser, *, k: bool = True) -> None:
     )
     o = p.add_argument_group("run")
     o.add_argument("--seed", type=int, default=0, help="seed of every random start and probe")
+    _max_memory(o)
     o.add_argument(
         "--out",
         metavar="DIR",
@@ -102,6 +103,16 @@ def _inputs(p: argparse.ArgumentParser, *, k: bool = True) -> None:
     )
     if k:
         o.add_argument("--k", type=int, default=10, help="how many top eigenvalues, e.g. --k 20")
+
+
+def _max_memory(g: argparse._ActionsContainer) -> None:
+    g.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="refuse, before any work, analyses whose vectors (Lanczos bases, probes, "
+        "sketches) would take more than SIZE, e.g. --max-memory 8GB (default: the memory "
+        "available on the device)",
+    )
 
 
 def _resume_options(p: argparse.ArgumentParser) -> None:
@@ -127,6 +138,20 @@ def _eig_options(p: argparse.ArgumentParser, *, full: bool) -> None:
     g.add_argument(
         "--tol", type=float, default=1e-4, help="relative residual tolerance, e.g. --tol 1e-6"
     )
+    g.add_argument(
+        "--max-matvecs",
+        type=int,
+        metavar="N",
+        help="stop after N HVPs, e.g. 500 (default: eigsh's budget, at least 1000); a run "
+        "that stops before its pairs converge says so",
+    )
+    g.add_argument(
+        "--max-basis",
+        type=int,
+        metavar="M",
+        help="keep at most M Lanczos vectors (thick restarts); lowers the memory of a large "
+        "--k at the cost of more HVPs, e.g. --max-basis 3000",
+    )
     if full:
         g.add_argument(
             "--which",
@@ -142,7 +167,6 @@ def _eig_options(p: argparse.ArgumentParser, *, full: bool) -> None:
             "iteration), rqi (sketch + Rayleigh quotient iteration)",
         )
         g.add_argument("--block-size", type=int, default=8, help="block size of --method block")
-        g.add_argument("--max-matvecs", type=int, metavar="N", help="stop after N HVPs, e.g. 500")
         g.add_argument(
             "--verify",
             action="store_true",
@@ -182,7 +206,10 @@ def _sketch_options(p: argparse.ArgumentParser) -> None:
         help="rademacher (the study's SᵀHS), rangefinder, nystrom, or all three",
     )
     g.add_argument(
-        "--power-steps", type=int, default=0, help="extra range passes (rangefinder, nystrom)"
+        "--power-steps",
+        type=int,
+        help="extra range passes of rangefinder and nystrom (default: 0 for rangefinder, 1 "
+        "for nystrom, whose one-pass eigenvalues are far too low on a spread spectrum)",
     )
 
 
@@ -256,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-probes", type=int, default=2, help="probes of the density")
     p.add_argument("--size", type=int, default=50, help="sketch size")
     p.add_argument("--steps", type=int, default=25, help="landscape grid points per direction")
+    _max_memory(p)
     p.set_defaults(func=cmd_demo)
 
     p = add(

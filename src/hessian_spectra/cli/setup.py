@@ -22,6 +22,7 @@ from torch import nn
 from hessian_spectra._distributed import world_size
 from hessian_spectra.cli.errors import PROG, CLIError
 from hessian_spectra.cli.output import note
+from hessian_spectra.cli.units import parse_memory
 from hessian_spectra.operators import HessianOperator, select_parameters
 from hessian_spectra.problems import (
     BUILTIN_MODELS,
@@ -51,6 +52,7 @@ class Inputs:
     params: str | None = None
     seed: int = 0
     out: str | None = None
+    max_memory: str | None = None  # e.g. "8GB"; None: the memory available
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Setup:
     settings: dict[str, Any]
     train_seconds: float = 0.0
     train_note: str = ""
+    max_memory: int | None = None  # bytes the analyses' vectors may take; None: what is free
 
 
 def device(name: str) -> torch.device:
@@ -168,6 +171,10 @@ def build_setup(
     if inputs.checkpoint:
         load_state_dict(model, inputs.checkpoint, name)
     model = model.to(device=dev, dtype=dtype).eval()
+    num_params = selected_count(model, inputs.params)
+    _check_k(k, num_params, inputs.params)
+    if check is not None:  # sizes and memory: they need only the parameter count
+        check(num_params)
     data = load_data(
         inputs.data, samples=inputs.samples, batch_size=inputs.batch_size, device=dev, dtype=dtype
     )
@@ -185,10 +192,6 @@ def build_setup(
             f"{tuple(x.shape[1:])}, targets {tuple(y.shape[1:]) or 'scalars'}) with the "
             f"{inputs.loss} loss: {msg}"
         ) from exc
-    num_params = selected_count(model, inputs.params)
-    _check_k(k, num_params, inputs.params)
-    if check is not None:
-        check(num_params)
     # the input is valid: only now spend time on training
     train_seconds, train_note = 0.0, ""
     if inputs.checkpoint:
@@ -218,6 +221,7 @@ def build_setup(
         "device": str(dev),
         "dtype": inputs.dtype,
         "seed": seed,
+        **({"max memory": inputs.max_memory} if inputs.max_memory else {}),
     }
     return Setup(
         model=model,
@@ -231,6 +235,7 @@ def build_setup(
         settings=settings,
         train_seconds=train_seconds,
         train_note=train_note,
+        max_memory=parse_memory(inputs.max_memory) if inputs.max_memory else None,
     )
 
 
