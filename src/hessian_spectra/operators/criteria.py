@@ -92,11 +92,11 @@ def criterion_weight(criterion: Any, targets: Any) -> float | None:
     return float(class_weights.detach().to(kept.device)[kept].double().sum())
 
 
-def no_terms_message(criterion: Any) -> str:
-    """What to say about a batch whose mean loss averages over nothing."""
+def no_terms_message(criterion: Any, weight: float) -> str:
+    """What to say about a batch whose mean loss averages over `weight` <= 0 terms."""
     settings = _class_index_settings(criterion)
     if settings is None:
-        return "a batch must have a positive number of samples"
+        return f"a batch must have a positive number of samples, got {weight}"
     ignore_index, class_weights = settings
     weighted = " or only targets whose class weight is 0" if class_weights is not None else ""
     return (

@@ -143,7 +143,7 @@ def _compare(
     tol = 100 * torch.finfo(h1.dtype).eps
     if math.isfinite(diff) and diff <= tol * max(scale, 1e-300):
         return
-    off = "" if switch.endswith("True") else f" (pass {switch} to skip this check)"
+    off = "" if switch.endswith("True") else f". To skip this check, pass {switch}"
     raise RuntimeError(
         f"the operator is not a fixed matrix: two products with the same vector differ by "
         f"{diff:.3g} relative to {scale:.3g} (tolerance: {tol:.1g} relative), so no "
@@ -192,18 +192,18 @@ def likely_cause(model: nn.Module, first: list[Digests], second: list[Digests]) 
                 f"Likely cause: an RNN built with dropout>0 in train mode ({', '.join(rnn[:3])}) "
                 "draws new masks on every pass; call model.eval()"
             )
-        training = [name or "model" for name, m in model.named_modules() if m.training]
-        functional = (
-            f"; the model is in train mode ({', '.join(training[:3])}), so functional "
-            "dropout (F.dropout(x, training=self.training)) is a likely culprit: call "
-            "model.eval()"
-            if training
-            else ""
-        )
+        if any(m.training for m in model.modules()):
+            return (
+                "Both passes saw the same samples, so the model or the loss is random, and "
+                "the model is in train mode: functional dropout "
+                "(F.dropout(x, training=self.training)) or another layer that is random in "
+                "train mode is the likely cause; call model.eval(), or make the forward pass "
+                "deterministic (no noise drawn in forward)"
+            )
         return (
             "Both passes saw the same samples, so the model or the loss is random (a "
             "stochastic layer or noise drawn in forward): make the forward pass "
-            f"deterministic{functional}"
+            "deterministic"
         )
     if len(x1) == len(x2) and y1 == y2:
         return (

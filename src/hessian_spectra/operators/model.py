@@ -596,7 +596,7 @@ class ModelLoss:
                 "criterion with reduction='mean' or return loss.mean() from loss_fn"
             )
         if not weight > 0:
-            raise ValueError(f"{no_terms_message(self.criterion)}, got {weight}")
+            raise ValueError(no_terms_message(self.criterion, weight))
         return loss, weight
 
     def gradient(self, loss: torch.Tensor, create_graph: bool = False) -> list[torch.Tensor]:

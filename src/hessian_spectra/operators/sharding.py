@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -140,13 +141,14 @@ def _leaves(x: Any, tensors: list[torch.Tensor], others: list[str]) -> None:
         others.append(repr(x))
 
 
-def _tensor_rows(t: torch.Tensor, n: int) -> list[bytes]:
-    """The bytes of each of the n samples of `t` (split along dim 0)."""
+def _tensor_rows(t: torch.Tensor, n: int) -> np.ndarray:
+    """The bytes of `t` as an (n, bytes per sample) array: row i is sample i (no copy on CPU)."""
     raw = t.detach().cpu().contiguous().reshape(n, -1)
     if raw.dtype == torch.bool:
         raw = raw.to(torch.uint8)
-    octets = raw.view(torch.uint8).numpy() if raw.shape[1] else raw.numpy()
-    return [row.tobytes() for row in octets]
+    if raw.shape[1] == 0:
+        return np.zeros((n, 0), dtype=np.uint8)
+    return np.ascontiguousarray(raw.view(torch.uint8).numpy())
 
 
 def sample_digests(batch: Any) -> list[bytes]:
