@@ -604,3 +604,67 @@ def test_sketch_defaults_give_nystrom_a_power_step_and_say_what_each_is_for(ckpt
     )
     assert code == 0, err
     assert load_result(tmp_path / "q0" / "sketch_nystrom.json").settings["power_steps"] == 0
+
+
+# ------------------------------------------------------------------ other curvature matrices
+def test_curvature_ggn_analyses_the_ggn_and_the_report_says_so(ckpt, tmp_path, capsys):
+    from hessian_spectra.operators import GGNOperator
+
+    code, _, err = _run(
+        capsys,
+        "analyze",
+        *_common(ckpt, tmp_path),
+        "--curvature",
+        "ggn",
+        "--what",
+        "eigs",
+        "--k",
+        "3",
+        "--tol",
+        "1e-8",
+        "--dtype",
+        "float64",
+    )
+    assert code == 0, err
+    res = load_result(tmp_path / "eigs.json")
+    model, data, _ = _subset_op(ckpt)
+    ggn = GGNOperator(model, nn.CrossEntropyLoss(), data)
+    ref = np.sort(spla.eigsh(ggn.to_scipy(), k=3, which="LA", tol=1e-10)[0])[::-1]
+    np.testing.assert_allclose(res.eigenvalues, ref, rtol=1e-7)
+    assert res.settings["operator"]["type"] == "GGNOperator"
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "GGN spectrum of digits-cnn" in html
+    assert "GGN (generalized Gauss-Newton)" in html  # the settings and the footer
+
+
+def test_analyze_draws_the_hessian_and_ggn_densities_together(ckpt, tmp_path, capsys):
+    code, out, err = _run(
+        capsys,
+        "analyze",
+        *_common(ckpt, tmp_path),
+        "--what",
+        "hessian-vs-ggn",
+        "--num-steps",
+        "15",
+    )
+    assert code == 0, err
+    hess = load_result(tmp_path / "density_hessian.json")
+    ggn = load_result(tmp_path / "density_ggn.json")
+    assert hess.settings["operator"]["type"] == "HessianOperator"
+    assert ggn.settings["operator"]["type"] == "GGNOperator"
+    lam = float(np.abs(np.asarray(ggn.nodes)).max())
+    assert float(np.asarray(ggn.nodes).min()) >= -1e-4 * lam  # the GGN is PSD
+    assert (tmp_path / "hessian_vs_ggn.png").exists()
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Hessian and GGN spectral densities" in html and "Spectral density (GGN)" in html
+
+
+def test_curvature_fisher_and_a_bad_curvature(ckpt, tmp_path, capsys):
+    code, _, err = _run(
+        capsys, "trace", *_common(ckpt, tmp_path), "--curvature", "fisher", "--num-matvecs", "20"
+    )
+    assert code == 0, err
+    tr = load_result(tmp_path / "trace.json")
+    assert tr.settings["operator"]["type"] == "FisherOperator" and tr.estimate > 0
+    code, _, err = _run(capsys, "trace", "--curvature", "gauss")
+    assert code == 2 and "invalid choice: 'gauss'" in err

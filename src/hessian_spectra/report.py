@@ -253,9 +253,10 @@ class Report:
         parts.append(_kv_table(prov))
         parts.append(
             "<footer>Written by hessian-spectra "
-            f"{html.escape(str(prov['version']))}. Eigenvalues are of the loss Hessian "
-            "with respect to the analysed parameters; an HVP is one Hessian-vector "
-            "product (one column of a block product).</footer>"
+            f"{html.escape(str(prov['version']))}. Eigenvalues are of the loss "
+            f"{html.escape(str(self.settings.get('curvature', 'Hessian')))} "
+            "with respect to the analysed parameters; an HVP is one product of that matrix "
+            "with a vector (one column of a block product).</footer>"
         )
         parts.append("</main></body></html>")
         return "\n".join(parts)

@@ -29,6 +29,8 @@ from hessian_spectra.operators import select_parameters
 from hessian_spectra.report import summarize
 
 ANALYSES = ("eigs", "trace", "density", "sketch", "landscape", "layers")
+# asked for by name only, not in the default set
+EXTRA_ANALYSES = ("hessian-vs-ggn",)
 SKETCH_KINDS = ("rademacher", "rangefinder", "nystrom")
 
 #: range passes beyond the first of each sketch kind when --power-steps is not given. One
@@ -119,11 +121,11 @@ class Options:
 def parse_what(text: str) -> list[str]:
     """The analyses of ``--what eigs,trace,...``, refused when one is unknown."""
     items = [w.strip() for w in text.split(",") if w.strip()]
-    bad = [w for w in items if w not in ANALYSES]
+    bad = [w for w in items if w not in ANALYSES + EXTRA_ANALYSES]
     if bad or not items:
         raise CLIError(
             f"--what {text!r}: unknown analysis {', '.join(bad) or '(none)'}; "
-            f"choose from {','.join(ANALYSES)}"
+            f"choose from {','.join(ANALYSES + EXTRA_ANALYSES)}"
         )
     return items
 
@@ -361,6 +363,43 @@ def run_density(s: Setup, opts: DensityOptions, resume: Resume, out: Outcome, to
     return den
 
 
+def run_hessian_vs_ggn(s: Setup, opts: DensityOptions, out: Outcome) -> dict[str, Any]:
+    """The Hessian's and the GGN's densities (same probes), drawn together.
+
+    Their difference is the curvature of the loss's residual term: where the
+    Hessian has negative eigenvalues, the GGN (positive semi-definite) has none.
+    """
+    dens = {}
+    for curvature, label in (("hessian", "Hessian"), ("ggn", "GGN")):
+        dens[label] = density(
+            hessian(s, curvature),
+            num_steps=opts.num_steps,
+            num_probes=opts.num_probes,
+            seed=s.seed,
+            progress=True,
+            max_memory=s.max_memory,
+        )
+        out.save(f"density_{curvature}", dens[label])
+        nodes = np.asarray(dens[label].nodes)
+        neg = float(dens[label].cdf(-1e-3 * float(np.max(np.abs(nodes)))))
+        out.entry(f"density_{curvature}").answer = (
+            f"spectrum in [{nodes.min():.4g}, {nodes.max():.4g}]; {100 * neg:.2f}% of "
+            "eigenvalues below -0.1% of max|λ|"
+        )
+        say(f"\n{label} density (SLQ): {out.entry(f'density_{curvature}').answer}")
+    out.figure(
+        "density_ggn",
+        "hessian_vs_ggn",
+        "Hessian and GGN spectral densities",
+        plots.plot_densities(dens),
+        "Stochastic Lanczos quadrature with the same probes for both matrices. The GGN "
+        "(generalized Gauss-Newton) drops the term of the Hessian that carries the network's "
+        "second derivatives, so it is positive semi-definite; where the curves differ, and "
+        "in the Hessian's negative eigenvalues, is the curvature of that residual term.",
+    )
+    return dens
+
+
 # =============================================================================== sketch
 def run_sketch(s: Setup, opts: SketchOptions, out: Outcome, top: Any) -> dict[str, Any]:
     """Sketches of each kind, compared with the Lanczos top-k `top` where given."""
@@ -541,6 +580,8 @@ def run_analyses(s: Setup, what: Sequence[str], opts: Options, out: Outcome) -> 
         run_trace(s, opts.trace, opts.resume, out)
     if "density" in what:
         run_density(s, opts.density, opts.resume, out, top)
+    if "hessian-vs-ggn" in what:
+        run_hessian_vs_ggn(s, opts.density, out)
     if "sketch" in what:
         run_sketch(s, opts.sketch, out, top)
     if "landscape" in what:

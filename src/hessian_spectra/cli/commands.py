@@ -30,7 +30,7 @@ from hessian_spectra.cli.analyses import (
 )
 from hessian_spectra.cli.memory import memory_check
 from hessian_spectra.cli.output import Outcome, finish, say, write_report
-from hessian_spectra.cli.setup import DTYPES, Inputs, Resume, build_setup
+from hessian_spectra.cli.setup import CURVATURES, DTYPES, Inputs, Resume, build_setup
 
 
 # =============================================================================== options
@@ -49,6 +49,7 @@ def inputs_of(args: argparse.Namespace) -> Inputs:
         seed=args.seed,
         out=args.out,
         max_memory=args.max_memory,
+        curvature=args.curvature,
     )
 
 
@@ -164,7 +165,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     training = (s.train_note, s.train_seconds) if s.train_seconds else None
     path = write_report(
         out,
-        title=f"Hessian spectrum of {s.model_name}",
+        title=f"{CURVATURES[s.curvature].split(' (')[0]} spectrum of {s.model_name}",
         subtitle=f"{s.data.description}; {s.num_params:,} parameters analysed; analyses: "
         + ", ".join(what),
         settings=s.settings,

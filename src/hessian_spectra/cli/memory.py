@@ -138,7 +138,7 @@ def needs(
                 raise _options_error(name, exc) from exc
             lower = "lower --num-matvecs, use --trace-method hutchinson (it keeps no probes), "
             out.append(Need(name, need + kept, lower + "or analyse fewer parameters with --params"))
-    if "density" in what:
+    if "density" in what or "hessian-vs-ggn" in what:  # the latter: two densities in turn
         d = opts.density
         need = density_memory(n, num_steps=d.num_steps, num_probes=d.num_probes, dtype=dtype)
         out.append(

@@ -137,6 +137,8 @@ _TITLES = {
     "trace": "Trace",
     "layers": "Per-layer traces",
     "density": "Spectral density",
+    "density_hessian": "Spectral density (Hessian)",
+    "density_ggn": "Spectral density (GGN)",
 }
 
 

@@ -80,6 +80,13 @@ def _inputs(p: argparse.ArgumentParser, *, k: bool = True) -> None:
     g.add_argument(
         "--loss", choices=("cross-entropy", "mse"), default="cross-entropy", help="the loss"
     )
+    g.add_argument(
+        "--curvature",
+        choices=("hessian", "ggn", "fisher"),
+        default="hessian",
+        help="the matrix to analyse: the loss Hessian, the GGN (generalized Gauss-Newton, "
+        "positive semi-definite) or the empirical Fisher, e.g. --curvature ggn",
+    )
     g.add_argument("--device", default="cpu", help="where to compute, e.g. --device cuda:0")
     g.add_argument(
         "--dtype",
@@ -296,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--what",
         default=",".join(ANALYSES),
-        help="comma-separated analyses from " + ",".join(ANALYSES) + ", e.g. --what eigs,trace",
+        help="comma-separated analyses from " + ",".join(ANALYSES) + ", e.g. --what eigs,trace; "
+        "also hessian-vs-ggn: the Hessian's and the GGN's densities in one figure",
     )
     _eig_options(p, full=False)
     _trace_options(p)

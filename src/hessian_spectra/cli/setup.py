@@ -23,7 +23,12 @@ from hessian_spectra._distributed import world_size
 from hessian_spectra.cli.errors import PROG, CLIError
 from hessian_spectra.cli.output import note
 from hessian_spectra.cli.units import parse_memory
-from hessian_spectra.operators import HessianOperator, select_parameters
+from hessian_spectra.operators import (
+    FisherOperator,
+    GGNOperator,
+    HessianOperator,
+    select_parameters,
+)
 from hessian_spectra.problems import (
     BUILTIN_MODELS,
     Data,
@@ -35,6 +40,12 @@ from hessian_spectra.problems import (
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = ("cross-entropy", "mse")
+#: --curvature: the matrix the analyses run on, and its name in the output
+CURVATURES = {
+    "hessian": "Hessian",
+    "ggn": "GGN (generalized Gauss-Newton)",
+    "fisher": "empirical Fisher",
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class Inputs:
     seed: int = 0
     out: str | None = None
     max_memory: str | None = None  # e.g. "8GB"; None: the memory available
+    curvature: str = "hessian"  # a key of CURVATURES
 
 
 @dataclass
@@ -71,6 +83,7 @@ class Setup:
     train_seconds: float = 0.0
     train_note: str = ""
     max_memory: int | None = None  # bytes the analyses' vectors may take; None: what is free
+    curvature: str = "hessian"  # a key of CURVATURES: the matrix the analyses run on
 
 
 def device(name: str) -> torch.device:
@@ -218,6 +231,7 @@ def build_setup(
         "samples": data.num_samples,
         "batch size": inputs.batch_size or "one batch",
         "loss": inputs.loss,
+        "curvature": CURVATURES[inputs.curvature],
         "device": str(dev),
         "dtype": inputs.dtype,
         "seed": seed,
@@ -236,15 +250,21 @@ def build_setup(
         train_seconds=train_seconds,
         train_note=train_note,
         max_memory=parse_memory(inputs.max_memory) if inputs.max_memory else None,
+        curvature=inputs.curvature,
     )
 
 
-def hessian(s: Setup) -> HessianOperator:
-    """The Hessian operator of the set-up's model, loss, data and parameters."""
+def hessian(s: Setup, curvature: str | None = None) -> HessianOperator:
+    """The curvature operator of the set-up's model, loss, data and parameters.
+
+    `curvature` (default: the set-up's ``--curvature``): "hessian", "ggn" or
+    "fisher" (the empirical Fisher).
+    """
     data = s.data.batches
     if world_size() > 1 and isinstance(data, list) and len(data) == 1:
         data = data[0]  # one batch: each rank takes a slice of its samples
-    return HessianOperator(s.model, s.criterion, data, params=s.params)
+    kind = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}
+    return kind[curvature or s.curvature](s.model, s.criterion, data, params=s.params)
 
 
 # =============================================================================== run state

@@ -12,7 +12,7 @@ sketches), `density`, `landscape`, `training` (per-layer traces, monitors).
 from __future__ import annotations
 
 from hessian_spectra.plots._common import EIG_LABEL, HVP_LABEL
-from hessian_spectra.plots.density import plot_density
+from hessian_spectra.plots.density import plot_densities, plot_density
 from hessian_spectra.plots.eigen import (
     eig_history,
     plot_convergence,
@@ -27,6 +27,7 @@ __all__ = [
     "HVP_LABEL",
     "eig_history",
     "plot_convergence",
+    "plot_densities",
     "plot_density",
     "plot_landscape",
     "plot_landscapes_1d",

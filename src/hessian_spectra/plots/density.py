@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,4 +108,43 @@ def plot_density(
         or f"Stochastic Lanczos quadrature: {steps} steps × {probes} probe(s), "
         f"{getattr(den, 'num_matvecs', '?')} HVPs"
     )
+    return fig
+
+
+@styled
+def plot_densities(
+    dens: Mapping[str, Any], *, points: int = 1200, title: str | None = None
+) -> Figure:
+    """Several spectral densities on shared axes, e.g. the Hessian's and the GGN's.
+
+    Args:
+        dens: label -> `density` result (each with ``nodes``, ``pdf(grid)``, ``cdf(x)``).
+        points: grid points, spanning every density's nodes.
+        title: the figure title.
+    """
+    nodes = np.concatenate([np.asarray(d.nodes, dtype=np.float64).ravel() for d in dens.values()])
+    lo, hi = float(nodes.min()), float(nodes.max())
+    pad = 0.05 * max(hi - lo, 1e-12)
+    grid = np.linspace(lo - pad, hi + pad, points)
+    fig, (ax1, ax2) = new_figure(9.0, 3.6, ncols=2)
+    top = max(float(np.max(d.pdf(grid))) for d in dens.values())
+    floor = max(top * 1e-7, 1e-300)
+    for j, (label, den) in enumerate(dens.items()):
+        color = f"C{j}"
+        pdf = np.asarray(den.pdf(grid), dtype=np.float64)
+        ax1.semilogy(grid, np.maximum(pdf, floor), color=color, label=label)
+        n = getattr(den, "n", None)
+        above = np.clip(1.0 - np.asarray(den.cdf(grid), dtype=np.float64), 0.0, 1.0)
+        lowest = 0.5 / n if n else 1e-6
+        ax2.semilogy(grid, np.maximum(above, lowest), color=color, label=label)
+    ax1.set_ylim(bottom=floor)
+    ax1.set_xlabel(EIG_LABEL)
+    ax1.set_ylabel("density (1 / λ unit)")
+    ax1.set_title("Spectral densities (log scale)")
+    ax1.legend(frameon=False, loc="upper right")
+    ax2.set_xlabel(EIG_LABEL)
+    ax2.set_ylabel("fraction of eigenvalues above λ")
+    ax2.set_title("Cumulative densities (log scale)")
+    ax2.legend(frameon=False, loc="upper right")
+    fig.suptitle(title or "Spectral densities, stochastic Lanczos quadrature")
     return fig
