@@ -631,6 +631,7 @@ def merge(name: str) -> int:
         results.update(data)
     results["problems"] = {k: problems[k] for k in sorted(problems, key=_order)}
     results["parts_run_side_by_side"] = len(parts)
+    results["torch_threads_during_runs"] = 1  # main() runs every part in one thread
     costs_file = CACHE / f"{name}_costs.json"
     if costs_file.exists():  # costs measured apart, at a quieter moment: redo the cost axis
         for pname, costs in json.loads(costs_file.read_text()).items():
