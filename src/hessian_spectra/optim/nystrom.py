@@ -106,7 +106,7 @@ class NystromPreconditioner:
         if rank < 1:
             raise ValueError(f"rank must be at least 1, got {rank}")
         size = min(rank, op.shape[0])
-        sk = sketch(op, size, kind="nystrom", shift=0.0, seed=seed)
+        sk = sketch(op, size, kind="nystrom", power_steps=0, shift=0.0, seed=seed)  # rank HVPs
         assert sk.eigenvectors is not None  # the Nystrom sketch returns them
         U = sk.eigenvectors.to(op.dtype)
         lam = torch.as_tensor(np.clip(sk.eigenvalues, 0.0, None), dtype=U.dtype, device=U.device)
