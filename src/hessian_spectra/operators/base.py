@@ -2,7 +2,18 @@
 
 A subclass writes only `_matmat` (an (n, b) block in, an (n, b) block out).
 Shape and dtype checks, the product counter, `matvec`, `@` and `to_scipy` are
-derived here once.
+derived here once, and so are two checks of every operator's products that
+cost no extra product:
+
+- finiteness: a product holding NaN or inf raises `NonFiniteProductError`
+  naming the product (one ``isfinite`` per block);
+- symmetry: the first two independent vectors multiplied, u and v, are used
+  once to compare ``u^T (A v)`` with ``v^T (A u)``; a difference beyond
+  rounding raises `AsymmetricOperatorError` (the algorithms need a symmetric
+  operator).
+
+Both can be switched off per class or instance (``check_finite = False``,
+``check_symmetry = False``).
 """
 
 from __future__ import annotations
@@ -16,6 +27,37 @@ import scipy.sparse.linalg as spla
 import torch
 
 
+class NonFiniteProductError(FloatingPointError):
+    """A product of the operator came out NaN or inf (an `ArithmeticError`).
+
+    The message names the product (its number among the operator's products),
+    the columns of the block that went bad and what to check.
+    """
+
+
+class AsymmetricOperatorError(ValueError):
+    """The operator's products are not those of a symmetric matrix.
+
+    Raised when ``u^T (A v)`` and ``v^T (A u)`` of the first two independent
+    vectors multiplied differ beyond rounding; the message gives the measured
+    relative asymmetry.
+    """
+
+
+def symmetry_tolerance(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """The relative asymmetry rounding can explain: ``min(0.5, 10 sqrt(eps))``.
+
+    ``eps`` is the dtype's, or TensorFloat-32's (2^-10) for float32 on a CUDA
+    device where PyTorch may use it (cuDNN convolutions do by default). Rounding
+    gives a few eps; a wrong (non-symmetric) operator gives a sizeable fraction
+    of 1, so the margin is wide on both sides.
+    """
+    eps = float(torch.finfo(dtype).eps)
+    if dtype == torch.float32 and torch.device(device).type == "cuda":
+        eps = max(eps, 2.0**-10)
+    return min(0.5, 10.0 * eps**0.5)
+
+
 class LinearOperator:
     """A symmetric linear operator known only through its products.
 
@@ -26,9 +68,22 @@ class LinearOperator:
         num_matvecs: columns multiplied so far (a block of b columns counts b).
         is_distributed: whether each product is a reduction across the ranks of a
             process group (every rank must then call it with the same vectors).
+        check_finite: raise `NonFiniteProductError` when a product holds NaN or
+            inf (default True; a class or instance attribute).
+        check_symmetry: compare ``u^T (A v)`` with ``v^T (A u)`` on the first
+            two independent vectors multiplied and raise `AsymmetricOperatorError`
+            beyond rounding (default True; no extra product). Switch it off
+            (``op.check_symmetry = False``) only for an operator known to be
+            symmetric whose products carry more rounding than its dtype's.
     """
 
     is_distributed: bool = False
+    check_finite: bool = True
+    check_symmetry: bool = True
+    # the first vector multiplied, its product and its product number, kept until
+    # a second independent vector is multiplied (then the symmetry check is done)
+    _symmetry_probe: tuple[torch.Tensor, torch.Tensor, int] | None = None
+    _symmetry_checked: bool = False
 
     def __init__(self, n: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
         if n < 1:
@@ -64,13 +119,100 @@ class LinearOperator:
             )
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
-        """H @ V for an (n, b) block V; counts b products."""
+        """H @ V for an (n, b) block V; counts b products.
+
+        Raises:
+            NonFiniteProductError: a column of the product is NaN or inf.
+            AsymmetricOperatorError: the first independent vectors show the
+                operator is not symmetric.
+        """
         self._check(V, 2)
         if V.shape[1] == 0:
             return V.clone()
         out = self._matmat(V)
+        first = self.num_matvecs + 1
         self.num_matvecs += int(V.shape[1])
+        if self.check_finite and not bool(torch.isfinite(out).all()):
+            raise self._non_finite(V, out, first)
+        if self.check_symmetry and not self._symmetry_checked:
+            self._test_symmetry(V, out, first)
         return out
+
+    def _non_finite(self, V: torch.Tensor, out: torch.Tensor, first: int) -> NonFiniteProductError:
+        """The error for a block whose product holds NaN or inf."""
+        b = V.shape[1]
+        bad = torch.nonzero(~torch.isfinite(out).all(0)).flatten().tolist()
+        shown = ", ".join(str(first + j) for j in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        where = (
+            f"product {first + bad[0]}"
+            if b == 1
+            else f"the block of products {first}-{first + b - 1}: product(s) {shown}"
+        )
+        if not bool(torch.isfinite(V).all()):
+            return NonFiniteProductError(
+                f"{type(self).__name__}: {where} came out NaN or inf because the vectors "
+                "multiplied already held NaN or inf: an earlier step overflowed; scale the "
+                "operator down or work in float64"
+            )
+        return NonFiniteProductError(
+            f"{type(self).__name__}: {where} came out NaN or inf ({len(bad)} of {b} "
+            f"column(s); {first - 1} finite product(s) before). The operator is not finite at "
+            "these vectors: check the model's parameters, loss and data for NaN or inf (a "
+            "diverged training run, log(0), a division by zero), and that its dtype has the "
+            "range its values need (float16 overflows above 65504: use float32 or float64)"
+        )
+
+    def _test_symmetry(self, V: torch.Tensor, out: torch.Tensor, first: int) -> None:
+        """Compare u^T (A v) with v^T (A u) on the first two independent vectors seen.
+
+        Uses the products already taken (no extra product): the first vector and
+        its product are kept until an independent second one is multiplied.
+        """
+        probe = self._symmetry_probe
+        for j in range(V.shape[1]):
+            if probe is None:
+                if bool((V[:, j] != 0).any()):
+                    probe = (V[:, j], out[:, j], first + j)
+                continue
+            x1, y1, i1 = probe[0].double(), probe[1].double(), probe[2]
+            x, y = V[:, j].double(), out[:, j].double()
+            nx, n1 = float(torch.linalg.vector_norm(x)), float(torch.linalg.vector_norm(x1))
+            if abs(float(torch.dot(x1, x))) >= 0.99 * n1 * nx:
+                continue  # (nearly) the same direction, or zero: nothing to compare
+            self._symmetry_probe = None
+            self._symmetry_checked = True
+            self._compare(x1, y1, i1, x, y, first + j)
+            return
+        if probe is not None and probe is not self._symmetry_probe:
+            probe = (probe[0].clone(), probe[1].clone(), probe[2])  # kept past this block
+        self._symmetry_probe = probe
+
+    def _compare(
+        self, u: torch.Tensor, Au: torch.Tensor, i: int, v: torch.Tensor, Av: torch.Tensor, j: int
+    ) -> None:
+        """Raise `AsymmetricOperatorError` when u^T (A v) and v^T (A u) differ beyond rounding.
+
+        The difference is measured against |u^T A v| + |v^T A u|, or, when both
+        are small, against (||u|| ||A v|| + ||v|| ||A u||) / sqrt(n): the size of
+        such a bilinear form for vectors in general position.
+        """
+        a, c = float(torch.dot(u, Av)), float(torch.dot(v, Au))
+        vec = torch.linalg.vector_norm
+        scale = float(vec(u) * vec(Av) + vec(v) * vec(Au))
+        denom = max(abs(a) + abs(c), scale / self.shape[0] ** 0.5)
+        if denom == 0.0:
+            return
+        asym = abs(a - c) / denom
+        tol = symmetry_tolerance(self.dtype, self.device)
+        if not asym <= tol:
+            raise AsymmetricOperatorError(
+                f"{type(self).__name__} is not symmetric: products {i} and {j} give "
+                f"u^T (A v) = {a:.6g} but v^T (A u) = {c:.6g}, a relative asymmetry of "
+                f"{asym:.3g} where rounding in {self.dtype} explains at most {tol:.2g}. The "
+                "algorithms (eigsh, trace, density, sketch) need a symmetric operator: multiply "
+                "by its symmetric part (A + A^T) / 2 instead, or, if it is symmetric and only "
+                "its rounding is larger, set op.check_symmetry = False"
+            )
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H @ v for one vector of shape (n,)."""
@@ -174,6 +316,8 @@ class DenseOperator(LinearOperator):
 
 class ShiftedOperator(LinearOperator):
     """``scale * (op + shift * I)``: spectral shifts for power iteration and Nystrom."""
+
+    check_symmetry = False  # the wrapped operator checks its own products
 
     def __init__(self, op: LinearOperator, shift: float, scale: float = 1.0) -> None:
         super().__init__(op.shape[0], op.dtype, op.device)
