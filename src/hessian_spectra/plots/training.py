@@ -70,14 +70,14 @@ def plot_layer_traces(
     return fig
 
 
-def stability_threshold(lr: float, beta1: float = 0.0) -> float:
+def threshold_from_lr(lr: float, beta1: float = 0.0) -> float:
     """The edge-of-stability threshold ``(2 + 2 beta1) / ((1 - beta1) lr)`` (Cohen et al. 2022).
 
     2 / lr for gradient descent (``beta1 = 0``); 38 / lr for Adam with
     ``beta1 = 0.9``, where it bounds the preconditioned sharpness.
 
     Example:
-        >>> stability_threshold(0.1), round(stability_threshold(1e-3, 0.9))
+        >>> threshold_from_lr(0.1), round(threshold_from_lr(1e-3, 0.9))
         (20.0, 38000)
     """
     return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
@@ -98,7 +98,7 @@ def _threshold_series(
         return None
     betas = [float(r.get(beta1_key) or 0.0) if beta1_key else 0.0 for r in recs]
     vals = np.asarray(
-        [stability_threshold(float(v), b) if v else np.nan for v, b in zip(lrs, betas, strict=True)]
+        [threshold_from_lr(float(v), b) if v else np.nan for v, b in zip(lrs, betas, strict=True)]
     )
     b = betas[-1]
     if b == 0.0:
@@ -152,8 +152,13 @@ def plot_monitor(
     steps = np.asarray([r[Key.STEP] for r in recs], dtype=np.float64)
     k = result.k
     threshold = _threshold_series(recs, lr_key, beta1_key)
-    pre_threshold = threshold if threshold is not None and threshold[2] else None
-    raw_threshold = threshold if threshold is not None and not threshold[2] else None
+    pre_threshold = raw_threshold = None
+    if threshold is not None and threshold[2] and has_pre:
+        pre_threshold = threshold
+    elif threshold is not None and threshold[2]:  # no preconditioned series to set it against
+        raw_threshold = (threshold[0], f"{threshold[1]}, bounds P^-1/2 H P^-1/2", True)
+    elif threshold is not None:
+        raw_threshold = threshold
     _eigen_panel(
         axes[0],
         steps,
