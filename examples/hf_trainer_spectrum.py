@@ -91,11 +91,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--every-n-steps", type=int, default=None, help="default: the 5 %% budget")
     p.add_argument("--max-overhead", type=float, default=0.05)
+    p.add_argument("--probe", type=int, default=64, help="sequences in the probe batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("hf-spectrum"))
     args = p.parse_args()
 
-    examples = markov_sequences(64, seed=2)
+    examples = markov_sequences(args.probe, seed=2)
     probe = {k: torch.stack([e[k] for e in examples]) for k in examples[0]}  # one fixed batch
     cb = SpectrumCallback(
         probe, every_n_steps=args.every_n_steps, k=3, max_overhead=args.max_overhead

@@ -75,7 +75,11 @@ class SpectrumCallback(pl.Callback):
         max_overhead: the share of the training's wall time measurements may
             take (0.05: 5 %); a due measurement is skipped while it would exceed
             it. None: no budget (then give a spacing). With neither spacing
-            given, measurements happen whenever the budget allows.
+            given, measurements happen whenever the budget allows. The first
+            measurement (the cold one) is always taken and the budget spaces
+            the next ones, so a run shorter than about the first measurement's
+            seconds / max_overhead ends above the budget; ``result().settings``
+            reports the share spent (``overhead``) and the skipped measurements.
         max_matvecs: cap on each eigensolve's HVPs.
         seed: seed of the random starts and probes (the same at every measurement).
         prefix: the logged names' leading part.

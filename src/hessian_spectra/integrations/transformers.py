@@ -111,7 +111,10 @@ class SpectrumCallback(TrainerCallback):
             ``P^-1/2 H P^-1/2``.
         max_overhead: the share of the training's wall time measurements may
             take (0.05: 5 %); due measurements are skipped while they would exceed
-            it. None: no budget (then give a spacing).
+            it. None: no budget (then give a spacing). The first measurement is
+            always taken and the budget spaces the next ones, so a run shorter
+            than about the first measurement's seconds / max_overhead ends above
+            the budget; ``result().settings["overhead"]`` reports the share spent.
         max_matvecs: cap on each eigensolve's HVPs.
         seed: seed of the random starts and probes.
         prefix: the logged names' leading part.
