@@ -16,6 +16,12 @@ _EXTRA_MODULES = {
     "src/hessian_spectra/integrations/tensorboard.py": "tensorboard",
 }
 
-collect_ignore = [
-    path for path, module in _EXTRA_MODULES.items() if importlib.util.find_spec(module) is None
-]
+
+def _absent(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # a broken or half-installed package counts as absent
+        return True
+
+
+collect_ignore = [path for path, module in _EXTRA_MODULES.items() if _absent(module)]
