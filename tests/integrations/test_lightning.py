@@ -125,6 +125,27 @@ def test_the_run_is_the_same_with_and_without_the_callback(tmp_path, optimizer):
     assert with_cb["training"] == without["training"]
 
 
+def test_a_loss_that_draws_random_numbers_leaves_every_stream_as_it_was(tmp_path):
+    """The measurement's own draws (here three per HVP pass) are undone: the runs still agree."""
+
+    def noisy_loss(module, batch):
+        noise = torch.rand(()) + float(np.random.rand()) + random.random()
+        return nn.functional.cross_entropy(module(batch[0]), batch[1]) + 0.0 * noise
+
+    x, y = data()
+    cb = SpectrumCallback(
+        (x[:16], y[:16]), loss_fn=noisy_loss, every_n_steps=2, k=1, trace=False, max_overhead=None
+    )
+    _, _, _, with_cb = fit(tmp_path / "a", [cb])
+    _, _, _, without = fit(tmp_path / "b", [])
+    assert len(cb.result().records) == 4
+    for a, b in zip(with_cb["params"], without["params"], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(with_cb["torch_rng"], without["torch_rng"])
+    assert np.array_equal(with_cb["numpy_rng"], without["numpy_rng"])
+    assert with_cb["python_rng"] == without["python_rng"]
+
+
 def test_every_n_epochs_and_the_budget_alone(tmp_path):
     x, y = data()
     probe = (x[:32], y[:32])
