@@ -50,6 +50,21 @@ import torch
 from hessian_spectra.algorithms._linalg import gaussian, orth, rademacher, work_dtype
 from hessian_spectra.operators.base import LinearOperator
 
+#: Rounding errors per column (eps of the work dtype) of the small algebra in the error bar
+#: of a captured range.
+ROUNDING = 10.0
+
+
+def leak_tolerance(dtype: torch.dtype, n: int) -> float:
+    """||H Q - Q C|| / ||H Q|| below which Q counts as invariant: rounding level of `dtype`.
+
+    100 sqrt(n) eps (an n x n operator formed in floating point is exact to
+    about sqrt(n) eps), but at most 0.05: at half precision 100 eps alone
+    would be about 1, which any subspace passes.
+    """
+    return min(100.0 * math.sqrt(n) * float(torch.finfo(dtype).eps), 0.05)
+
+
 #: (estimate, stderr, samples, block estimates, block stderrs)
 Summary = tuple[float, float, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
@@ -254,6 +269,11 @@ class XTrace(Estimator):
             Yp = Yp - self.Q @ coef
             R12 = R12 + coef
         Qb, R22 = torch.linalg.qr(Yp, mode="reduced")
+        if m and self._rank_deficient(R22, Yb):
+            # Y_b lies partly in range(Q): Householder QR made up directions for
+            # its null part that need not be orthogonal to Q; refactor it column
+            # by column, completing with the probes' own directions.
+            Qb, R22 = self._completed_qr(Yp, W, float(torch.linalg.vector_norm(Yb, dim=0).max()))
         Zb = self.mul(Qb)
         R = torch.zeros((m + b, m + b), dtype=self.wd, device=self.Y.device)
         R[:m, :m] = self.R
@@ -266,20 +286,80 @@ class XTrace(Estimator):
         self.Q = torch.cat([self.Q, Qb], 1)
         self.Z = torch.cat([self.Z, Zb], 1)
 
+    def _completed_qr(
+        self, Yp: torch.Tensor, W: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Yp = Qb R22 with Qb orthonormal and orthogonal to Q, for a rank-deficient Yp.
+
+        Gram-Schmidt (twice) column by column; a column whose remainder is at
+        rounding level keeps that remainder's norm as R22[j, j] and gets, as
+        q_j, its probe's direction orthogonal to everything before it. Yp must
+        already be orthogonal to Q.
+        """
+        b = Yp.shape[1]
+        tol = 1e3 * torch.finfo(self.wd).eps * scale
+        Qb = torch.zeros_like(Yp)
+        R22 = torch.zeros((b, b), dtype=Yp.dtype, device=Yp.device)
+        for j in range(b):
+            basis = torch.cat([self.Q, Qb[:, :j]], 1)
+            v = Yp[:, j]
+            for _ in range(2):
+                coef = Qb[:, :j].T @ v
+                v = v - Qb[:, :j] @ coef
+                R22[:j, j] += coef
+            r = torch.linalg.vector_norm(v)
+            R22[j, j] = r
+            if float(r) > tol:
+                Qb[:, j] = v / r
+                continue
+            u = W[:, j]
+            for _ in range(2):
+                u = u - basis @ (basis.T @ u)
+            Qb[:, j] = u / torch.linalg.vector_norm(u)
+        return Qb, R22
+
+    def _rank_deficient(self, R22: torch.Tensor, Yb: torch.Tensor) -> bool:
+        """Whether a new block's QR has a diagonal entry at the work dtype's rounding level."""
+        d = R22.diagonal().abs()
+        scale = float(torch.linalg.vector_norm(Yb, dim=0).max())
+        return bool(d.numel()) and bool(d.min() <= 1e3 * torch.finfo(self.wd).eps * scale)
+
     def _captures_range(self, C: torch.Tensor) -> bool:
         """Whether Y = H Omega lost rank because range(Q) already holds H's range.
 
-        Both must hold: a diagonal entry of R at rounding level, and Q (numerically)
-        invariant, ||H Q - Q C|| at rounding level. An ill-conditioned R alone (a
-        steeply decaying spectrum in low precision) is not enough: the
-        leave-one-out formulas stay valid for it.
+        Both must hold, each at rounding level: a diagonal entry of R at the
+        rounding level of the small algebra (the work dtype: below it the
+        leave-one-out formulas cannot be evaluated, while an R merely
+        ill-conditioned by a steeply decaying spectrum or by low-precision
+        products leaves them valid), and Q (numerically) invariant,
+        ||H Q - Q C|| at the rounding level of the products (the operator's
+        dtype) relative to ||H Q||.
         """
         d = self.R.diagonal().abs()
-        eps = torch.finfo(self.op.dtype).eps
-        if not d.numel() or bool(d.min() > 1e3 * eps * d.max()):
+        if not d.numel():
+            return False
+        if bool(d.min() > 1e3 * torch.finfo(self.wd).eps * d.max()):
             return False
         leak = torch.linalg.matrix_norm(self.Z - self.Q @ C)
-        return bool(leak <= 1e3 * eps * torch.linalg.matrix_norm(self.Z))
+        tol = leak_tolerance(self.op.dtype, self.op.shape[0])
+        return bool(leak <= tol * torch.linalg.matrix_norm(self.Z))
+
+    def _rounding_error(self) -> float:
+        """The error of tr(Q^T H Q) as the trace that rounding allows: the shortcut's stderr.
+
+        Three parts: each entry of Z = H Q carries a relative rounding error of
+        eps (of the operator's dtype), moving sum_ij Q_ij Z_ij by up to
+        eps sum |Q_ij Z_ij|; the small algebra on m columns (QR, Q^T Z) adds
+        about m eps (of the work dtype) of it; and an eigenvalue outside
+        range(Q) would show in H Omega with about its own size, so the
+        n - m of them are each at most the smallest diagonal entry of R.
+        """
+        n, m = self.Om.shape
+        eps = float(torch.finfo(self.op.dtype).eps)
+        eps_wd = float(torch.finfo(self.wd).eps)
+        dot = float((self.Q.abs() * self.Z.abs()).sum())
+        tail = (n - m) * float(self.R.diagonal().abs().min())
+        return (eps + ROUNDING * m * eps_wd) * dot + tail
 
     def summary(self) -> Summary:
         Q, Z, Om, Y, R = self.Q, self.Z, self.Om, self.Y, self.R
@@ -289,14 +369,16 @@ class XTrace(Estimator):
         trC = torch.trace(C)
         if self._captures_range(C):
             # Y = H Omega has lost rank: range(Q) holds H's whole range (up to
-            # rounding), so tr(Q^T H Q) is the trace and no probe is left over.
+            # rounding), so tr(Q^T H Q) is the trace, within the products'
+            # rounding, and no probe is left over.
+            err = self._rounding_error()
             x = trC.repeat(m)
             be = bs = None
             if self.blocks:
                 d = 2 * (Q * Z).sum(1) - ((Q @ C) * Q).sum(1)
                 be = block_sums(d[:, None], self.blocks)[:, 0]
-                bs = torch.zeros_like(be)
-            return float(trC), 0.0, x, be, bs
+                bs = torch.full_like(be, err)
+            return float(trC), err, x, be, bs
         # Leave-one-out projector P_i = Q (I - s_i s_i^T) Q^T spans H Omega_{-i}:
         # s_i is the normalized i-th column of R^{-T}, orthogonal to R e_j, j != i.
         eye = torch.eye(m, dtype=R.dtype, device=R.device)
@@ -370,4 +452,12 @@ ESTIMATORS: dict[str, type[Estimator]] = {
     "xtrace": XTrace,
 }
 
-__all__ = ["ESTIMATORS", "Estimator", "HutchPlusPlus", "Hutchinson", "XTrace", "block_sums"]
+__all__ = [
+    "ESTIMATORS",
+    "Estimator",
+    "HutchPlusPlus",
+    "Hutchinson",
+    "XTrace",
+    "block_sums",
+    "leak_tolerance",
+]
