@@ -33,6 +33,9 @@ class _NoBar:
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
         pass
 
+    def refresh(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -41,7 +44,11 @@ class _NoBar:
 def progress_bar(
     total: int | None, desc: str, enabled: bool = False, unit: str = "HVP"
 ) -> Iterator[Any]:
-    """A tqdm bar counting `unit`s, or a silent stand-in when progress is off."""
+    """A tqdm bar counting `unit`s, or a silent stand-in when progress is off.
+
+    `total` is what bounds the run, in `unit`s; None when nothing does (a run
+    that stops on convergence alone): the bar then counts without an ETA.
+    """
     on = enabled if _ENABLED is None else _ENABLED
     if not on or not is_main_process():  # one bar per job, on rank 0
         yield _NoBar()

@@ -290,12 +290,16 @@ class EigshResult(Result):
             ascending, "LM" by descending magnitude, "BE" largest then smallest).
         eigenvectors: (n, k) tensor, orthonormal columns, on the operator's device.
         residuals: (k,) absolute residual norms ``||H v - theta v||`` (estimates
-            from the recurrence, or true residuals when `verified`).
+            from the recurrence, or true residuals when `verified`), never below
+            the rounding level.
         converged: (k,) whether each pair met the tolerance.
         error_estimates: (k,) min(residual, residual**2 / gap), gap to the
             nearest other Ritz value: an estimate (not a bound) of each
             eigenvalue's error.
-        precision_limited: (k,) pairs that stopped on the operator's precision floor.
+        precision_limited: (k,) pairs limited by the operator's precision: their
+            tolerance lay below the rounding level, or their residual did (it
+            is then reported at that level, 10 eps max |theta|, as is any error
+            estimate below it).
         orthogonality_loss: max |Q^T Q - I| of the basis at the end; beyond
             sqrt(eps) no pair is reported converged.
         verified: whether `residuals` were recomputed with true products.

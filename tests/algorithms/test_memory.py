@@ -22,6 +22,7 @@ LAM = np.linspace(-1.0, 10.0, N)
 
 
 @pytest.mark.parametrize("method", ["lanczos", "block", "power", "rqi"])
+@pytest.mark.filterwarnings("ignore::hessian_spectra.algorithms.errors.ConvergenceWarning")
 def test_eigsh_refuses_a_run_over_max_memory_before_any_product(method):
     op = dense_op(LAM)
     need = eigsh_memory(N, 5, method=method, dtype=op.dtype)

@@ -101,6 +101,7 @@ def _cnn_operator(nan_batch: int | None = None) -> hs.HessianOperator:
     return hs.HessianOperator(model, nn.CrossEntropyLoss(), data)
 
 
+@pytest.mark.filterwarnings("ignore::hessian_spectra.algorithms.errors.ConvergenceWarning")
 def test_float32_hessian_products_pass_the_symmetry_check():
     for seed in range(3):
         op = _cnn_operator()

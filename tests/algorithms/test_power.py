@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import hessian_spectra as hs
+from hessian_spectra.algorithms import ConvergenceWarning
 from hessian_spectra.algorithms.lanczos import ritz_extremes
 from hessian_spectra.operators.base import DenseOperator
 from tests.algorithms.test_eigsh import true_residuals
@@ -107,7 +108,8 @@ def test_budget_exhausted_pairs_are_flagged():
     rng = np.random.default_rng(6)
     lam = np.concatenate([[10.0, 9.9, 9.8], rng.uniform(0, 9.7, 197)])
     op = dense_op(lam, seed=6)
-    res = hs.eigsh(op, 3, which="LM", method="power", tol=1e-8, seed=0, max_matvecs=30)
+    with pytest.warns(ConvergenceWarning, match="0 of 3 pairs converged"):
+        res = hs.eigsh(op, 3, which="LM", method="power", tol=1e-8, seed=0, max_matvecs=30)
     assert res.num_matvecs == 30
     assert not res.converged.any()
     assert res.stop_reason == "max_matvecs"

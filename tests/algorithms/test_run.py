@@ -101,6 +101,7 @@ def _history_keys(result) -> set[str]:
     return {key for record in result.history for key in record}
 
 
+@pytest.mark.filterwarnings("ignore::hessian_spectra.algorithms.errors.ConvergenceWarning")
 def test_algorithms_write_only_named_history_keys():
     names = {getattr(history, name) for name in history.__all__}
     op = dense_op(LAM)

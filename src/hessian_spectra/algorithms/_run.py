@@ -154,13 +154,28 @@ class Recorder:
         if self.on_record is not None:
             self.on_record()
         if self._bar is not None:
+            if postfix:  # before the update, which draws it
+                self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.update(self.matvecs - self._shown)
             self._shown = self.matvecs
-            if postfix:
-                self._bar.set_postfix_str(postfix, refresh=False)
         if self.callback is not None:
             return bool(self.callback(rec))
         return False
+
+    def finish(self, postfix: str | None = None) -> None:
+        """Draw the bar's last state: every product counted, and the returned value.
+
+        Call once the result is known, with its value in the records' postfix
+        format, so that the bar ends on what the call returns (not on the last
+        record's estimate, nor with products taken after it uncounted).
+        """
+        if self._bar is None:
+            return
+        if postfix:
+            self._bar.set_postfix_str(postfix, refresh=False)
+        self._bar.update(self.matvecs - self._shown)
+        self._shown = self.matvecs
+        self._bar.refresh()
 
     def settings(self, **settings: Any) -> dict[str, Any]:
         """The call's settings plus the operator's description, for the result."""
@@ -194,7 +209,9 @@ class RunContext:
             rank 0's drawn seed).
         desc: the progress bar's label.
         seed: the call's seed (None: drawn, or the saved one when resuming).
-        total: products the progress bar counts to.
+        total: products the progress bar counts to: the run's bound (None
+            when the run has none of its own: the bar then counts without an
+            end and an ETA).
         progress: show a progress bar.
         callback: called with each history record; returning True stops.
         checkpoint: the checkpoint file, or None for none.
@@ -251,6 +268,10 @@ class RunContext:
     def record(self, estimates: Mapping[str, Any], *, postfix: str | None = None) -> bool:
         """One history record (see `Recorder.record`); True when the callback asks to stop."""
         return self.recorder.record(estimates, postfix=postfix)
+
+    def finish(self, postfix: str | None = None) -> None:
+        """End the progress bar on the returned value (see `Recorder.finish`)."""
+        self.recorder.finish(postfix)
 
     @property
     def matvecs(self) -> int:

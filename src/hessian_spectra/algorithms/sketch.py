@@ -166,6 +166,7 @@ def sketch(
             lam, vectors, matrix, used_shift = _nystrom(op, size, power_steps, gen, wd, shift)
             tr = float(lam.sum())
             ctx.record({TOP: float(lam[0]), SHIFT: used_shift})
+        ctx.finish(f"top {float(lam[0]):.4g}")
         seconds, used, history = ctx.seconds, ctx.matvecs, ctx.history
         all_settings = ctx.settings(**settings)
     return SketchResult(

@@ -246,6 +246,7 @@ def trace(
                     break
             if stop or est.probes >= max_probes:
                 break
+        ctx.finish(f"{value:.4g} +- {err:.2g}")  # the bar ends on the returned value
         seconds = ctx.seconds
         used = ctx.matvecs
         history = ctx.history

@@ -13,6 +13,7 @@ Simon 2000) keeps.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +23,14 @@ import scipy.linalg
 import torch
 
 from hessian_spectra.algorithms._run import RunContext
+from hessian_spectra.algorithms.errors import ConvergenceWarning
 from hessian_spectra.operators.base import LinearOperator
 from hessian_spectra.results import priority
 
 #: How much larger the floor of residuals computed from a product is (see `thresholds`).
 TRUE_RESIDUAL_FLOOR = 10.0
+#: Rounding errors eps ||H|| below which no residual or error estimate is reported.
+ROUNDING_LEVEL = 10.0
 
 
 def thresholds(
@@ -56,6 +60,88 @@ def thresholds(
         floor *= TRUE_RESIDUAL_FLOOR
     want = tol * v
     return np.maximum(want, floor), want < floor, floor
+
+
+def precision_ratio(dtype: torch.dtype, basis_dtype: torch.dtype | None) -> float:
+    """How much coarser a basis kept in `basis_dtype` rounds than the operator (at least 1)."""
+    if basis_dtype is None:
+        return 1.0
+    return max(1.0, float(torch.finfo(basis_dtype).eps) / float(torch.finfo(dtype).eps))
+
+
+def rounding_level(raw: RawPairs, dtype: torch.dtype, basis_dtype: torch.dtype | None) -> float:
+    """No residual or error estimate below this: ``ROUNDING_LEVEL eps max |theta|``.
+
+    The products that give the residuals and Ritz values are rounded to the
+    operator's dtype, the basis that combines them to its own (`eps` is the
+    coarser of the two), and the Rayleigh-Ritz algebra adds a few rounding
+    errors of its own: a Ritz value is no more accurate than a few eps ||H||
+    (||H|| estimated by the largest Ritz value magnitude the run saw), so
+    no residual or error below `ROUNDING_LEVEL` eps ||H|| is a measurement.
+    """
+    base = raw.floor / (TRUE_RESIDUAL_FLOOR if raw.true_floor else 1.0)  # eps max |theta|
+    return ROUNDING_LEVEL * base * precision_ratio(dtype, basis_dtype)
+
+
+def floor_reported(raw: RawPairs, level: float) -> None:
+    """Report no residual or error estimate below `level`; flag the pairs that were below it.
+
+    A Lanczos residual estimate ``beta |s|`` keeps shrinking past the rounding
+    level (to 1e-35 in float32) while the pair's true error stays about
+    eps ||H||: such a pair is reported at the level, as precision-limited.
+    """
+    res = np.asarray(raw.residuals, dtype=np.float64)
+    raw.precision_limited = np.asarray(raw.precision_limited, dtype=bool) | (res <= level)
+    raw.residuals = np.maximum(res, level)
+    raw.error_estimates = np.maximum(np.asarray(raw.error_estimates, dtype=np.float64), level)
+
+
+def warn_unconverged(
+    raw: RawPairs,
+    call: str,
+    *,
+    num_matvecs: int,
+    max_matvecs: int,
+    tol: float,
+    orthogonality_limit: float,
+) -> None:
+    """Warn (`ConvergenceWarning`) when pairs are returned unconverged, unless a callback stopped.
+
+    The message says how many of the pairs converged, the largest relative
+    residual, why the run stopped and what to raise.
+    """
+    conv = np.asarray(raw.converged, dtype=bool)
+    if conv.all() or raw.stop_reason == "callback":
+        return
+    values = np.abs(np.asarray(raw.values, dtype=np.float64))
+    scale = max(float(values.max(initial=0.0)), 1e-300)
+    rel = np.asarray(raw.residuals, dtype=np.float64) / np.maximum(values, 1e-300 * scale)
+    worst = float(rel[~conv].max()) if (~conv).any() else float("nan")
+    head = (
+        f"{call}: {int(conv.sum())} of {conv.size} pairs converged; the largest relative "
+        f"residual is {worst:.2g} (tol={tol:g})"
+    )
+    if raw.orthogonality_loss > orthogonality_limit:
+        why = (
+            f"the basis lost orthogonality ({raw.orthogonality_loss:.2g} > "
+            f"{orthogonality_limit:.2g}), which voids the convergence test: work in a higher "
+            "precision (a float64 operator, or no lower basis_dtype)"
+        )
+    elif raw.stop_reason == "stagnated":
+        why = (
+            "Rayleigh quotient iteration stagnated: raise tol, or use method='lanczos' for "
+            "clustered eigenvalues"
+        )
+    else:
+        why = (
+            f"the run stopped at {num_matvecs} products (max_matvecs={max_matvecs}): raise "
+            "max_matvecs (or tol) to converge the rest"
+        )
+    warnings.warn(
+        f"{head}; {why}. The pairs are returned with converged=False where they did not converge.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
 
 
 def error_estimates(values: np.ndarray, residuals: np.ndarray, others: np.ndarray) -> np.ndarray:
@@ -291,6 +377,7 @@ class Solver:
 
 
 __all__ = [
+    "ROUNDING_LEVEL",
     "TRUE_RESIDUAL_FLOOR",
     "EigenProblem",
     "MemoryModel",
@@ -302,11 +389,15 @@ __all__ = [
     "default_max_basis",
     "error_estimates",
     "fewest_matvecs",
+    "floor_reported",
     "orthogonality_threshold",
+    "precision_ratio",
     "rayleigh_ritz",
     "restart_choice",
     "restart_keep",
+    "rounding_level",
     "thresholds",
     "vectors_memory",
     "verify_pairs",
+    "warn_unconverged",
 ]

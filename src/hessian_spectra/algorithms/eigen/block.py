@@ -29,6 +29,7 @@ import torch
 from hessian_spectra.algorithms._linalg import gaussian
 from hessian_spectra.algorithms._run import RunContext
 from hessian_spectra.algorithms.eigen._ritz import (
+    ROUNDING_LEVEL,
     EigenProblem,
     RawPairs,
     Solver,
@@ -262,10 +263,11 @@ def block_lanczos_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
         stop = ctx.record(
             {
                 RITZ_VALUES: vals[sel],
-                RESIDUALS: resid[sel],
+                # reported no lower than at the end (see rounding_level)
+                RESIDUALS: np.maximum(resid[sel], ROUNDING_LEVEL * floor),
                 NUM_CONVERGED: nconv,
                 ALL_RITZ_VALUES: vals[asc],
-                ALL_RESIDUALS: resid[asc],
+                ALL_RESIDUALS: np.maximum(resid[asc], ROUNDING_LEVEL * floor),
                 BASIS_SIZE: state.num_locked + state.m,
                 BLOCK: state.br,
                 RESTARTS: state.restarts,

@@ -39,8 +39,11 @@ from hessian_spectra.algorithms.eigen._ritz import (
     Solver,
     check_v0,
     error_estimates,
+    floor_reported,
     orthogonality_threshold,
+    rounding_level,
     verify_pairs,
+    warn_unconverged,
 )
 from hessian_spectra.algorithms.memory import check_memory, dtype_bytes
 from hessian_spectra.operators.base import LinearOperator, as_operator, digest
@@ -99,11 +102,16 @@ def eigsh(
     eigenvalues near zero still stop; such pairs are flagged in
     ``precision_limited``. (Residuals computed from a product, as in power
     iteration, RQI and ``verify``, carry that product's rounding: their floor is
-    ten times larger.) By the Krylov-Bogoliubov bound a converged Ritz value
-    lies within its residual of an eigenvalue; the error estimate
-    ``min(r, r^2/gap)`` is usually far smaller (it assumes no eigenvalue was
-    missed). Check ``converged``: a run that ran out of products returns its
-    best pairs flagged False rather than raising.
+    ten times larger.) No residual or error estimate is reported below the
+    rounding level ``10 eps max |theta|`` (eps of ``basis_dtype`` when it is
+    coarser than the operator's): a smaller one is not a measurement (a Ritz
+    value is no more accurate than a few eps ||H||), so it is reported at that
+    level and the pair is flagged in ``precision_limited`` too. By the
+    Krylov-Bogoliubov bound a converged Ritz value lies within its residual of
+    an eigenvalue; the error estimate ``min(r, r^2/gap)`` is usually far
+    smaller (it assumes no eigenvalue was missed). Check ``converged``: a run
+    that ran out of products returns its best pairs flagged False, with a
+    `ConvergenceWarning`, rather than raising.
 
     Single-vector Lanczos cannot see multiplicity: in exact arithmetic the Krylov
     space of one vector holds one direction of each eigenspace, so a repeated
@@ -138,7 +146,8 @@ def eigsh(
         verify: multiply the k returned vectors once more (k products) and report
             true residuals; convergence is then judged on them.
         callback: called with each history record; returning True stops the run.
-        progress: show a progress bar counting products.
+        progress: show a progress bar counting products (up to `max_matvecs`
+            when given; without an end when the run stops on convergence).
         max_basis: the most basis vectors held at once (memory: n * max_basis
             numbers). When reached, Lanczos and block Lanczos thick-restart,
             keeping the wanted Ritz vectors and locking converged ones. Default
@@ -213,6 +222,7 @@ def eigsh(
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")
     block_size = int(min(block_size, n))
+    bounded = max_matvecs is not None  # else the run stops on convergence (or the default cap)
     max_matvecs, basis_cap = _budget(method, k, n, block_size, max_matvecs, max_basis)
     V0 = check_v0(op, v0)
     if not solver.checkpoints and (
@@ -255,7 +265,7 @@ def eigsh(
         op,
         f"eigsh {method}",
         seed=seed,
-        total=max_matvecs,
+        total=max_matvecs + (k if verify else 0) if bounded else None,
         progress=progress,
         callback=callback,
         checkpoint=checkpoint,
@@ -299,10 +309,20 @@ def eigsh(
             ortho_dtype = basis_dtype
         if raw.orthogonality_loss > orthogonality_threshold(ortho_dtype):
             raw.converged = np.zeros_like(raw.converged, dtype=bool)
+        floor_reported(raw, rounding_level(raw, op.dtype, basis_dtype))
+        ctx.finish(f"{int(np.sum(raw.converged))}/{k} converged")
         perm = result_order(raw.values, which)
         seconds = ctx.seconds
         num_matvecs = ctx.matvecs
         history = ctx.history
+    warn_unconverged(
+        raw,
+        f"eigsh(method={method!r}, k={k})",
+        num_matvecs=num_matvecs,
+        max_matvecs=max_matvecs,
+        tol=float(tol),
+        orthogonality_limit=orthogonality_threshold(ortho_dtype),
+    )
     return EigshResult(
         eigenvalues=np.asarray(raw.values, dtype=np.float64)[perm],
         eigenvectors=raw.vectors[:, torch.as_tensor(perm, device=raw.vectors.device)],
@@ -417,6 +437,7 @@ def _verify(p: EigenProblem, raw: RawPairs) -> None:
     want = p.tol * np.abs(raw.values)
     floor = raw.floor * (1.0 if raw.true_floor else TRUE_RESIDUAL_FLOOR)
     raw.residuals = res_true
+    raw.floor, raw.true_floor = floor, True
     raw.converged = res_true <= np.maximum(want, floor)
     raw.precision_limited = want < floor
     raw.error_estimates = error_estimates(raw.values, res_true, raw.values)

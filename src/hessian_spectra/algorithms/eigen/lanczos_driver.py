@@ -20,11 +20,13 @@ import torch
 from hessian_spectra.algorithms._linalg import gaussian
 from hessian_spectra.algorithms._run import RunContext
 from hessian_spectra.algorithms.eigen._ritz import (
+    ROUNDING_LEVEL,
     EigenProblem,
     RawPairs,
     Solver,
     combine_columns,
     error_estimates,
+    precision_ratio,
     restart_choice,
     restart_keep,
     thresholds,
@@ -97,14 +99,16 @@ def lanczos_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
             S, vals, resid, sel, thr, limited, floor, conv, done = evaluate()
             nconv = int(conv.sum())
             asc = np.argsort(vals)
+            # reported no lower than at the end (see rounding_level)
+            level = ROUNDING_LEVEL * floor * precision_ratio(op.dtype, p.basis_dtype)
             loop["pending"] = True
             stop = ctx.record(
                 {
                     RITZ_VALUES: vals[sel],
-                    RESIDUALS: resid[sel],
+                    RESIDUALS: np.maximum(resid[sel], level),
                     NUM_CONVERGED: nconv,
                     ALL_RITZ_VALUES: vals[asc],
-                    ALL_RESIDUALS: resid[asc],
+                    ALL_RESIDUALS: np.maximum(resid[asc], level),
                     BASIS_SIZE: proc.num_locked + proc.num_steps,
                     RESTARTS: proc.restarts,
                 },

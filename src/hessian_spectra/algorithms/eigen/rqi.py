@@ -35,8 +35,11 @@ from hessian_spectra.algorithms.eigen._ritz import (
     RawPairs,
     Solver,
     error_estimates,
+    floor_reported,
     rayleigh_ritz,
+    rounding_level,
     thresholds,
+    warn_unconverged,
 )
 from hessian_spectra.algorithms.lanczos import ritz_extremes
 from hessian_spectra.history import OUTER, PAIR, PHASE, RESIDUALS, RITZ_VALUES, SKETCH_SIZE
@@ -344,6 +347,8 @@ def refine(
     Returns:
         An `EigshResult` in the given order (``which="input"``), with true
         residuals (``verified=True``: each comes from a product of its vector).
+        Pairs left unconverged (budget spent, or stagnation) come with a
+        `ConvergenceWarning`.
     """
     op = as_operator(op)
     n = op.shape[0]
@@ -370,6 +375,7 @@ def refine(
         raise ValueError("eigenvectors hold NaN or inf")
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    bounded = max_matvecs is not None  # the progress bar's total
     if max_matvecs is None:
         max_matvecs = max(1000, 100 * k)
     elif int(max_matvecs) < k:
@@ -379,12 +385,26 @@ def refine(
         )
     state = RefineState(lam, V)
     with Recorder(
-        op, "refine", total=int(max_matvecs), progress=progress, callback=callback
+        op,
+        "refine",
+        total=int(max_matvecs) if bounded else None,
+        progress=progress,
+        callback=callback,
     ) as rec:
         settings = rec.settings(k=k, tol=float(tol), max_matvecs=int(max_matvecs))
         reason = _refine_pairs(op, state, float(tol), int(max_matvecs), rec)
         raw = _finish(op, state, float(tol), reason)
+        floor_reported(raw, rounding_level(raw, op.dtype, None))
+        rec.finish(f"{int(np.sum(raw.converged))}/{k} converged")
         seconds, num_matvecs, history = rec.seconds, rec.matvecs, rec.history
+    warn_unconverged(
+        raw,
+        "refine",
+        num_matvecs=num_matvecs,
+        max_matvecs=int(max_matvecs),
+        tol=float(tol),
+        orthogonality_limit=math.inf,
+    )
     return EigshResult(
         eigenvalues=raw.values,
         eigenvectors=raw.vectors,
