@@ -41,7 +41,7 @@ pytest: $(STAMP)
 test: lint imports typecheck pytest
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt -e ".[bench]"
 	$(PY) benchmarks/run_all.py
 
 clean:
