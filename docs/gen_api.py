@@ -37,7 +37,7 @@ GROUPS = [
         ],
     ),
     ("Algorithms", ["eigsh", "refine", "trace", "diagonal", "density", "sketch", "lanczos"]),
-    ("Analyses", ["layer_traces", "loss_landscape", "SpectrumMonitor"]),
+    ("Analyses", ["layer_traces", "block_spectra", "loss_landscape", "SpectrumMonitor"]),
     ("Optimizers", ["SketchySGD", "NystromPreconditioner", "curvature_lr", "CurvatureLR"]),
     (
         "Results",
@@ -50,6 +50,7 @@ GROUPS = [
             "SketchResult",
             "LandscapeResult",
             "MonitorResult",
+            "BlockSpectraResult",
             "load_result",
         ],
     ),

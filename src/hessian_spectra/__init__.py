@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "sketch": "hessian_spectra.algorithms",
     # analysis
     "layer_traces": "hessian_spectra.analysis.layers",
+    "block_spectra": "hessian_spectra.analysis.blocks",
     "loss_landscape": "hessian_spectra.analysis.landscape",
     "SpectrumMonitor": "hessian_spectra.analysis.monitor",
     # optimizers fed by curvature (also as hs.optim.<name>)
@@ -63,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "SketchResult": "hessian_spectra.results",
     "LandscapeResult": "hessian_spectra.results",
     "MonitorResult": "hessian_spectra.results",
+    "BlockSpectraResult": "hessian_spectra.results_blocks",
     "load_result": "hessian_spectra.results",
     # progress
     "set_progress": "hessian_spectra._progress",

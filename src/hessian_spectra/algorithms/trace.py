@@ -75,6 +75,18 @@ def _as_blocks(
     return out
 
 
+def _grouping(op: LinearOperator, how: str) -> Mapping[str, BlockIndex]:
+    """A model operator's parameters grouped by `how` ("layers", "modules", ...)."""
+    blocks_by = getattr(op, "blocks_by", None)
+    if blocks_by is None:
+        raise TypeError(
+            f"blocks={how!r} groups a model's parameters, so it needs a model operator "
+            f"(HessianOperator, GGNOperator, FisherOperator), not a {type(op).__name__}; "
+            "pass a mapping name -> slice or index tensor instead"
+        )
+    return blocks_by(how)  # type: ignore[no-any-return]
+
+
 def _block_size(idx: slice | torch.Tensor) -> int:
     return int(idx.stop - idx.start) if isinstance(idx, slice) else int(idx.numel())
 
@@ -86,7 +98,7 @@ def trace(
     num_matvecs: int | None = None,
     rtol: float | None = None,
     seed: int | None = None,
-    blocks: Mapping[str, BlockIndex] | None = None,
+    blocks: Mapping[str, BlockIndex] | str | None = None,
     progress: bool = False,
     callback: Callback | None = None,
     max_matvecs: int = 2000,
@@ -123,7 +135,11 @@ def trace(
         blocks: name -> slice, integer index tensor or boolean mask of the flat
             vector (e.g. ``op.blocks`` of a Hessian operator). Per-block traces
             and standard errors come from the same probes; when the blocks
-            partition the coordinates they sum to the total estimate.
+            partition the coordinates they sum to the total estimate. On a
+            model operator also ``"layers"`` (one block per repeated layer of
+            the network, plus embeddings and head), ``"modules"`` (per module
+            role: embeddings, attention, mlp, norm, head) or ``"parameters"``,
+            resolved by ``op.blocks_by``.
         progress: show a progress bar.
         callback: called with each history record; returning True stops.
         max_matvecs: the cap on products when stopping by `rtol`.
@@ -167,6 +183,8 @@ def trace(
     budget = int(max_matvecs if adaptive else (num_matvecs or DEFAULT_NUM_MATVECS))
     if num_matvecs is not None and num_matvecs < 1:
         raise ValueError(f"num_matvecs must be positive, got {num_matvecs}")
+    if isinstance(blocks, str):
+        blocks = _grouping(op, blocks)
     bl = _as_blocks(blocks, n, op.device)
     rank, max_probes = _plan(method, budget, adaptive, block_size, n)
     check_max_memory(max_memory)

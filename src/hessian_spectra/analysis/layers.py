@@ -72,6 +72,7 @@ def layer_traces(
     loss_fn: LossFn | None = None,
     params: ParamSpec = None,
     depth: int | None = None,
+    blocks: Mapping[str, slice | torch.Tensor] | str | None = None,
     progress: bool = False,
     max_matvecs: int = 2000,
     block_size: int = 10,
@@ -91,6 +92,11 @@ def layer_traces(
         depth: group parameters by the first `depth` parts of their module
             path (e.g. 1: "layer1", "layer2", ...); None: by the module that
             holds them ("layer1.0.conv1").
+        blocks: instead of `depth`, ``"layers"`` (one block per repeated layer
+            of the network, e.g. GPT-2's ``transformer.h.0``, plus embeddings
+            and head), ``"modules"`` (per module role: embeddings, attention,
+            mlp, norm, head), ``"parameters"``, or a mapping name -> slice or
+            index tensor of the operator's vector (see ``operators/grouping.py``).
         progress: show a progress bar.
         max_matvecs, block_size: as for `trace`.
         **operator_options: passed to `HessianOperator` (e.g. hvp_mode,
@@ -102,14 +108,19 @@ def layer_traces(
         total `estimate`.
     """
     op = HessianOperator(model, criterion, data, loss_fn=loss_fn, params=params, **operator_options)
-    blocks = group_blocks(op.blocks, depth)
+    if blocks is not None and depth is not None:
+        raise ValueError("give depth or blocks, not both")
+    if isinstance(blocks, str):
+        groups: Mapping[str, slice | torch.Tensor] = op.blocks_by(blocks)
+    else:
+        groups = group_blocks(op.blocks, depth) if blocks is None else blocks
     return trace(
         op,
         method=method,
         num_matvecs=num_matvecs,
         rtol=rtol,
         seed=seed,
-        blocks=blocks,
+        blocks=groups,
         progress=progress,
         max_matvecs=max_matvecs,
         block_size=block_size,

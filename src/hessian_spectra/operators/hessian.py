@@ -53,6 +53,7 @@ from hessian_spectra.operators.base import LinearOperator, digest
 from hessian_spectra.operators.criteria import loss_identity
 from hessian_spectra.operators.determinism import check_deterministic as _check_deterministic
 from hessian_spectra.operators.determinism import check_first_product
+from hessian_spectra.operators.grouping import group_parameters
 from hessian_spectra.operators.model import Criterion, LossFn, ModelLoss, ParamSpec
 
 __all__ = ["HessianOperator"]
@@ -474,6 +475,11 @@ class HessianOperator(LinearOperator):
     def flatten(self, tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate per-parameter tensors (a dict by name, or a list in order) to (n,)."""
         return self.model_loss.selection.flatten(tensors).to(self.dtype)
+
+    def blocks_by(self, how: str) -> dict[str, slice | torch.Tensor]:
+        """The flat vector's coordinates grouped by ``"layers"``, ``"modules"`` or
+        ``"parameters"`` (see ``operators/grouping.py``): what ``blocks="layers"`` means."""
+        return group_parameters(self.model, self.param_names, how)
 
     def __repr__(self) -> str:
         return (
