@@ -90,6 +90,8 @@ def summarize(result: Result) -> str:
             f"{shape} grid: loss {_num(origin)} at the parameters, "
             f"{_num(losses.min())} to {_num(losses.max())} on the grid"
         )
+    if name == "BlockSpectraResult":
+        return _blocks_summary(result)
     if name == "MonitorResult":
         recs = result.records  # type: ignore[attr-defined]
         saved = result.hvps_saved  # type: ignore[attr-defined]
@@ -98,6 +100,24 @@ def summarize(result: Result) -> str:
             out += f", {saved} HVPs saved by warm starts"
         return out
     return name
+
+
+def _blocks_summary(result: Any) -> str:
+    """Per-block spectra in one line: the sharpest block, the largest trace, the JS spread."""
+    names = list(result.blocks)
+    top = {n: float(np.asarray(result.block_eigenvalues[n])[0]) for n in names}
+    sharp = max(names, key=lambda n: top[n])
+    traces = dict(result.block_traces)
+    big = max(names, key=lambda n: traces[n])
+    share = 100 * traces[big] / result.trace if result.trace else float("nan")
+    D = np.asarray(result.js_distance, dtype=np.float64)
+    off = D[~np.eye(len(names), dtype=bool)] if len(names) > 1 else np.zeros(1)
+    return (
+        f"{len(names)} blocks ({result.grouping}): largest λ1 in {sharp} ({_num(top[sharp])}); "
+        f"largest trace in {big} ({share:.0f}% of {_num(result.trace)}); Jensen-Shannon "
+        f"distance between blocks' densities {_num(float(off.mean()), 2)} on average, "
+        f"{_num(float(off.max()), 2)} at most"
+    )
 
 
 @dataclass
@@ -200,6 +220,43 @@ class Report:
         self.add_table(
             title,
             ["i", "eigenvalue λi", "residual ‖Hv − λv‖", "relative residual", "converged"],
+            rows,
+            caption=caption,
+        )
+
+    def add_blocks(self, title: str, result: Result, *, caption: str = "") -> None:
+        """Add the table of a `block_spectra` result: each block's size, trace and top λ."""
+        names = list(result.blocks)  # type: ignore[attr-defined]
+        eig = result.block_eigenvalues  # type: ignore[attr-defined]
+        k = max(np.asarray(eig[n]).size for n in names)
+        total = float(result.trace)  # type: ignore[attr-defined]
+        rows = []
+        for n in names:
+            lam = np.asarray(eig[n], dtype=np.float64)
+            tr = float(result.block_traces[n])  # type: ignore[attr-defined]
+            se = float(result.block_trace_stderrs[n])  # type: ignore[attr-defined]
+            rows.append(
+                (
+                    n,
+                    int(result.block_sizes[n]),  # type: ignore[attr-defined]
+                    tr,
+                    se,
+                    f"{100 * tr / total:.1f}%" if total else "",
+                    *[lam[i] if i < lam.size else "" for i in range(k)],
+                    bool(result.block_converged[n]),  # type: ignore[attr-defined]
+                )
+            )
+        self.add_table(
+            title,
+            [
+                "block",
+                "parameters",
+                "trace",
+                "std. error",
+                "share",
+                *[f"λ{i + 1}" for i in range(k)],
+                "converged",
+            ],
             rows,
             caption=caption,
         )

@@ -6,12 +6,14 @@ display is needed), and gives each axis a label with its unit and each figure
 a title that says what was run. `hessian_spectra.figures.save_figure` writes a PNG.
 
 One module per subject: `eigen` (eigensolver histories, methods compared,
-sketches), `density`, `landscape`, `training` (per-layer traces, monitors).
+sketches), `density`, `landscape`, `training` (per-layer traces, monitors),
+`blocks` (per-block densities and their Jensen-Shannon distances).
 """
 
 from __future__ import annotations
 
 from hessian_spectra.plots._common import EIG_LABEL, HVP_LABEL
+from hessian_spectra.plots.blocks import plot_block_spectra
 from hessian_spectra.plots.density import plot_densities, plot_density
 from hessian_spectra.plots.eigen import (
     eig_history,
@@ -26,6 +28,7 @@ __all__ = [
     "EIG_LABEL",
     "HVP_LABEL",
     "eig_history",
+    "plot_block_spectra",
     "plot_convergence",
     "plot_densities",
     "plot_density",
