@@ -17,11 +17,18 @@ must be the criterion's own denominator:
   proportion, so the mean is the same.
 
 A ``loss_fn`` that averages over anything else returns ``(mean_loss, n)``.
+
+With neither criterion nor loss_fn, the model's own loss (`own_loss`:
+``model(**batch).loss``, HuggingFace style) averages over its ``labels``
+other than -100, shifted by one for a causal LM (`is_causal_lm`,
+`label_count`); a batch without labels counts its samples. A
+``weight_fn(batch)`` replaces every rule.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -122,6 +129,8 @@ def loss_identity(criterion: Any, loss_fn: Any) -> str:
     """
     if loss_fn is not None:
         return f"loss_fn {_qualified_name(loss_fn)}"
+    if criterion is None:
+        return "the model's own loss, model(**batch).loss"
     if not isinstance(criterion, nn.Module):
         return f"criterion {_qualified_name(criterion)}"
     settings = {
@@ -136,3 +145,104 @@ def loss_identity(criterion: Any, loss_fn: Any) -> str:
     tensors = [t for t in tensors if t is not None]
     held = f" tensors {digest(tensors)[:16]}" if tensors else ""
     return f"criterion {type(criterion).__qualname__}({shown}){held}"
+
+
+# ------------------------------------------------------------------ the model's own loss
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+IGNORE_INDEX = _DEFAULT_IGNORE_INDEX
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether `model`'s own loss predicts token t+1 from tokens <= t (labels shifted by one).
+
+    The rule: ``model.loss_type == "ForCausalLM"`` (HuggingFace's loss
+    selector), or the model's class name or an entry of
+    ``model.config.architectures`` ends with ``ForCausalLM`` or
+    ``LMHeadModel`` (``GPT2LMHeadModel``, ``LlamaForCausalLM``), or
+    ``model.config.is_decoder`` is true in a model that is not an
+    encoder-decoder. Masked LMs, classifiers and encoder-decoders (whose
+    labels are not shifted in the loss) are not.
+    """
+    if getattr(model, "loss_type", None) == "ForCausalLM":
+        return True
+    config = getattr(model, "config", None)
+    names = [type(model).__name__, *(getattr(config, "architectures", None) or [])]
+    if any(str(name).endswith(_CAUSAL_SUFFIXES) for name in names):
+        return True
+    return bool(getattr(config, "is_decoder", False)) and not bool(
+        getattr(config, "is_encoder_decoder", False)
+    )
+
+
+def label_count(labels: torch.Tensor, causal: bool) -> float:
+    """The number of terms a model's own mean loss averages over its `labels`.
+
+    Integer labels: those other than -100 (HuggingFace's ignore index),
+    after dropping the first position of every sequence for a causal LM
+    (the loss compares the prediction at t with the label at t+1). Floating
+    labels (regression, multi-label classification): every element.
+    """
+    if labels.is_floating_point():
+        return float(labels.numel())
+    if causal:
+        labels = labels[..., 1:]
+    return float((labels != IGNORE_INDEX).sum())
+
+
+def output_loss_value(output: Any) -> torch.Tensor:
+    """The loss a model returned: ``output.loss`` (a ModelOutput) or ``output["loss"]``.
+
+    Raises:
+        ValueError: the output carries no loss (a HuggingFace model computes it
+            only when the batch holds ``labels``), saying what to pass instead.
+    """
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, dict):
+        loss = output.get("loss")
+    if isinstance(loss, torch.Tensor):
+        return loss
+    what = (
+        "a tuple (return_dict=False?)"
+        if isinstance(output, tuple)
+        else f"{type(output).__name__} with no loss"
+    )
+    raise ValueError(
+        f"without criterion or loss_fn the model's own loss is used, but model(**batch) "
+        f"returned {what}. A HuggingFace model computes its loss only when the batch holds "
+        "'labels' (e.g. labels=input_ids for a causal LM, -100 where no loss is wanted); "
+        "otherwise pass criterion=... (called as criterion(model(inputs), targets)) or "
+        "loss_fn=lambda model, batch: ... returning the batch's mean loss"
+    )
+
+
+def own_loss(model: nn.Module, batch: Any, causal: bool) -> tuple[torch.Tensor, float | None]:
+    """``model(**batch).loss`` and the count of its labels (`label_count`; None without labels).
+
+    Raises:
+        ValueError: the batch is not a dict, or the output has no loss.
+    """
+    if not isinstance(batch, Mapping):
+        raise ValueError(
+            "without criterion or loss_fn the model's own loss is used, called as "
+            f"model(**batch).loss, so every batch must be a dict; got {type(batch).__name__}. "
+            "Pass criterion=... (batches (inputs, targets)) or loss_fn=lambda model, "
+            "batch: ... for other layouts"
+        )
+    loss = output_loss_value(model(**batch))
+    labels = batch.get("labels")
+    return loss, label_count(labels, causal) if isinstance(labels, torch.Tensor) else None
+
+
+def coarser_loss_message(loss_dtype: torch.dtype, dtype: torch.dtype) -> str | None:
+    """A warning when a loss is computed in a coarser dtype than the parameters; else None."""
+    if not loss_dtype.is_floating_point or not dtype.is_floating_point:
+        return None
+    if torch.finfo(loss_dtype).eps <= torch.finfo(dtype).eps:
+        return None
+    return (
+        f"the model computes its loss in {loss_dtype} although its parameters are {dtype} "
+        "(HuggingFace's losses cast the logits with .float()), so the products are only as "
+        f"accurate as {loss_dtype}; for a {dtype} loss set model.loss_function to one that "
+        "keeps the logits' dtype, or pass loss_fn"
+    )

@@ -14,14 +14,19 @@ and data into numbers the same way, through this module:
   lists, namedtuples and nested dicts, to the parameters' device and casts
   floating ones to their dtype (integer tensors such as class labels keep
   theirs);
-- the loss call: ``criterion(model(inputs), targets)`` or
+- the loss call: ``criterion(model(inputs), targets)``,
   ``loss_fn(model, batch)``, returning the batch's mean loss or
-  ``(mean_loss, num_samples)``; a criterion with ``reduction='sum'`` or
-  ``'none'`` is refused (``operators/criteria.py``);
+  ``(mean_loss, num_samples)``, or, with neither, the model's own loss:
+  ``model(**batch).loss`` for dict batches (HuggingFace models); a criterion
+  with ``reduction='sum'`` or ``'none'`` is refused (``operators/criteria.py``).
+  The forward runs with attention on its twice-differentiable kernel
+  (``operators/autograd_support.py``);
 - the batch weight: the number of terms the batch's mean loss averages over:
-  the criterion's own count where it has one (``ignore_index`` and class
-  weights of ``CrossEntropyLoss``/``NLLLoss``, `criteria.criterion_weight`),
-  else `batch_weight`, one rule for every batch layout;
+  a ``weight_fn(batch)`` when given; else the criterion's own count where it
+  has one (``ignore_index`` and class weights of ``CrossEntropyLoss``/``NLLLoss``,
+  `criteria.criterion_weight`); for the model's own loss its labels other
+  than -100, shifted by one for a causal LM (`criteria.label_count`); else
+  `batch_weight`, one rule for every batch layout;
 - the train-mode check: BatchNorm, Dropout or an RNN's dropout in train mode
   is refused (`check_eval_mode`) unless asked for; every buffer a pass changes
   (BatchNorm's running statistics, a counter updated in forward) is restored
@@ -42,6 +47,7 @@ import contextlib
 import hashlib
 import itertools
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -49,7 +55,15 @@ import torch
 from torch import nn
 
 from hessian_spectra import _distributed
-from hessian_spectra.operators.criteria import check_reduction, criterion_weight, no_terms_message
+from hessian_spectra.operators.autograd_support import twice_differentiable
+from hessian_spectra.operators.criteria import (
+    check_reduction,
+    coarser_loss_message,
+    criterion_weight,
+    is_causal_lm,
+    no_terms_message,
+    own_loss,
+)
 from hessian_spectra.operators.modes import MODE_DEPENDENT as MODE_DEPENDENT
 from hessian_spectra.operators.modes import buffers_kept as buffers_kept
 from hessian_spectra.operators.modes import check_eval_mode as check_eval_mode
@@ -70,6 +84,9 @@ Criterion = Callable[[torch.Tensor, Any], torch.Tensor]
 
 LossFn = Callable[[nn.Module, Any], Any]
 """``loss_fn(model, batch)`` -> the batch's mean loss, or ``(mean_loss, num_samples)``."""
+
+WeightFn = Callable[[Any], float]
+"""``weight_fn(batch)`` -> the number of terms the batch's mean loss averages over."""
 
 ParamSpec = str | nn.Module | torch.Tensor | Sequence[str | nn.Module | torch.Tensor] | None
 """Which parameters: None (all trainable), a regex, names, modules, parameter tensors, or a mix."""
@@ -373,6 +390,20 @@ def batch_weight(batch: Any) -> int:
 # ------------------------------------------------------------------ the loss
 
 
+def _check_own_loss_data(data: Any) -> None:
+    """Refuse, up front, a first batch the model's own loss cannot take (not a dict)."""
+    first = data if is_one_batch(data) else None
+    if first is None and isinstance(data, Sequence) and len(data) > 0:
+        first = data[0]
+    if first is not None and not isinstance(first, Mapping):
+        raise ValueError(
+            "pass exactly one of criterion (called as criterion(model(inputs), targets)) and "
+            "loss_fn (called as loss_fn(model, batch)), or neither for a model that returns "
+            "its own loss from model(**batch) (dict batches, as HuggingFace models take); got "
+            f"neither, and batches of type {type(first).__name__}, not dicts"
+        )
+
+
 class ModelLoss:
     """The mean loss of a model over its data, as a function of selected parameters.
 
@@ -384,7 +415,8 @@ class ModelLoss:
         model: the network.
         criterion: called as ``criterion(model(inputs), targets)`` on each
             batch ``(inputs, targets)``, returning the batch's mean loss.
-            Exactly one of criterion and loss_fn.
+            At most one of criterion and loss_fn; with neither, the model's
+            own loss ``model(**batch).loss`` (dict batches, HuggingFace).
             A criterion with ``reduction='sum'`` or ``'none'`` is refused.
         data: one batch (a tuple or list of tensors, a dict, a tensor) or a
             re-iterable of batches (a list of batches, a DataLoader). Data
@@ -399,9 +431,14 @@ class ModelLoss:
             rank's own shard), "full" or "local" (force either).
         max_batches: use only the first this many batches of each pass (the
             cap that makes data without a length usable).
+        weight_fn: ``weight_fn(batch)`` -> the number of terms the batch's
+            mean loss averages over; replaces every other weight rule.
 
     Attributes:
-        model, criterion, loss_fn, data, allow_train_mode, max_batches: as given.
+        model, criterion, loss_fn, data, allow_train_mode, max_batches, weight_fn: as given.
+        causal: whether the model's own loss is a causal LM's (`criteria.is_causal_lm`).
+        twice_differentiable: run each forward with attention on its math
+            kernel (True, needed by products that differentiate twice).
         selection: the `ParameterSelection`.
         dtype, device: those of the selected parameters; batches are moved there.
         shard: this rank's `Shard` of the data.
@@ -420,15 +457,18 @@ class ModelLoss:
         distributed: bool = False,
         shard: str = "auto",
         max_batches: int | None = None,
+        weight_fn: WeightFn | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if (criterion is None) == (loss_fn is None):
+        if criterion is not None and loss_fn is not None:
             raise ValueError(
                 "pass exactly one of criterion (called as criterion(model(inputs), targets)) "
-                "and loss_fn (called as loss_fn(model, batch)); got "
-                + ("both" if criterion is not None else "neither")
+                "and loss_fn (called as loss_fn(model, batch)), or neither for the model's own "
+                "loss model(**batch).loss; got both"
             )
+        if weight_fn is not None and not callable(weight_fn):
+            raise TypeError(f"weight_fn must be callable as weight_fn(batch), got {weight_fn!r}")
         if criterion is not None:
             check_reduction(criterion)
         if shard not in SHARD_OPTIONS:
@@ -436,6 +476,10 @@ class ModelLoss:
         self.model = model
         self.criterion = criterion
         self.loss_fn = loss_fn
+        self.weight_fn = weight_fn
+        self.causal = criterion is None and loss_fn is None and is_causal_lm(model)
+        self.twice_differentiable = True
+        self._dtype_warned = False
         self.allow_train_mode = bool(allow_train_mode)
         self.max_batches = check_max_batches(max_batches)
         self.selection = ParameterSelection(model, params)
@@ -453,6 +497,8 @@ class ModelLoss:
             raise TypeError(f"parameters must be floating point, got {self.dtype}")
         self.check_mode()
         check_data(data, self.max_batches)
+        if criterion is None and loss_fn is None:
+            _check_own_loss_data(data)
         self.data = data
         self._one_batch: Any = (
             prepare_batch(data, self.device, self.dtype) if is_one_batch(data) else None
@@ -554,9 +600,14 @@ class ModelLoss:
     def loss(self, batch: Any, model: nn.Module | None = None) -> tuple[torch.Tensor, float]:
         """A prepared batch's mean loss and its weight: the number of terms the mean averages.
 
-        The weight is the count a loss_fn returns, the criterion's own count
+        The weight is ``weight_fn(batch)`` when given; else the count a
+        loss_fn returns, the criterion's own count
         (`criteria.criterion_weight`: targets other than ``ignore_index``,
-        weighted by class weights) or the batch's samples (`batch_weight`).
+        weighted by class weights), for the model's own loss the count of its
+        ``labels`` (`criteria.label_count`: those other than -100, shifted by
+        one for a causal LM; the batch's samples when it has no labels), or
+        the batch's samples (`batch_weight`). The forward runs in
+        `twice_differentiable` (attention on its math kernel).
 
         Args:
             batch: a batch from `batches`.
@@ -564,31 +615,10 @@ class ModelLoss:
                 a functional stand-in).
         """
         model = self.model if model is None else model
-        if self.loss_fn is not None:
-            out = self.loss_fn(model, batch)
-            if isinstance(out, (tuple, list)):
-                if len(out) != 2:
-                    raise ValueError(
-                        "loss_fn must return the mean loss or (mean_loss, num_samples), got a "
-                        f"{type(out).__name__} of length {len(out)}"
-                    )
-                loss, count = out
-                weight = float(count)
-            else:
-                loss, weight = out, float(batch_weight(batch))
-        else:
-            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                raise ValueError(
-                    "with a criterion every batch must be (inputs, targets); got "
-                    f"{type(batch).__name__}"
-                    + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-                    + ". Use loss_fn=lambda model, batch: ... for other batch layouts"
-                )
-            inputs, targets = batch
-            assert self.criterion is not None
-            counted = criterion_weight(self.criterion, targets)
-            loss = self.criterion(model(inputs), targets)
-            weight = float(batch_weight(batch)) if counted is None else counted
+        with twice_differentiable(self.twice_differentiable):
+            loss, weight = self._loss_and_count(batch, model)
+        if self.weight_fn is not None:
+            weight = float(self.weight_fn(batch))
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise ValueError(
@@ -598,6 +628,47 @@ class ModelLoss:
         if not weight > 0:
             raise ValueError(no_terms_message(self.criterion, weight))
         return loss, weight
+
+    def _loss_and_count(self, batch: Any, model: nn.Module) -> tuple[Any, float]:
+        if self.loss_fn is not None:
+            out = self.loss_fn(model, batch)
+            if isinstance(out, (tuple, list)):
+                if len(out) != 2:
+                    raise ValueError(
+                        "loss_fn must return the mean loss or (mean_loss, num_samples), got a "
+                        f"{type(out).__name__} of length {len(out)}"
+                    )
+                loss, count = out
+                return loss, float(count)
+            return out, self._default_weight(batch)
+        if self.criterion is None:
+            return self._own_loss(batch, model)
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError(
+                "with a criterion every batch must be (inputs, targets); got "
+                f"{type(batch).__name__}"
+                + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+                + ". Use loss_fn=lambda model, batch: ... for other batch layouts"
+            )
+        inputs, targets = batch
+        counted = criterion_weight(self.criterion, targets)
+        loss = self.criterion(model(inputs), targets)
+        return loss, self._default_weight(batch) if counted is None else counted
+
+    def _default_weight(self, batch: Any) -> float:
+        # batch_weight refuses batches it cannot count: not asked when weight_fn counts
+        return 1.0 if self.weight_fn is not None else float(batch_weight(batch))
+
+    def _own_loss(self, batch: Any, model: nn.Module) -> tuple[torch.Tensor, float]:
+        """``model(**batch).loss`` and its count of labels (or of samples, without labels)."""
+        loss, count = own_loss(model, batch, self.causal)
+        message = coarser_loss_message(loss.dtype, self.dtype)
+        if message is not None and not self._dtype_warned:
+            self._dtype_warned = True
+            warnings.warn(message, stacklevel=4)
+        if count is None:
+            count = self._default_weight(batch)
+        return loss, count
 
     def gradient(self, loss: torch.Tensor, create_graph: bool = False) -> list[torch.Tensor]:
         """The loss's gradient for the selected parameters; names the ones that get none."""
