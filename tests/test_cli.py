@@ -331,6 +331,7 @@ def test_the_public_names():
         "density",
         "sketch",
         "layer_traces",
+        "block_spectra",
         "loss_landscape",
         "SpectrumMonitor",
         "SketchySGD",
@@ -345,6 +346,7 @@ def test_the_public_names():
         "SketchResult",
         "LandscapeResult",
         "MonitorResult",
+        "BlockSpectraResult",
         "load_result",
         "set_progress",
     ]

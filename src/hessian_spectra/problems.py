@@ -13,8 +13,10 @@ by one loader that explains every mismatch.
   (bare, or under ``state_dict``/``model_state_dict``/``model``; a
   ``module.`` prefix from DataParallel is dropped), refused key by key when it
   does not fit.
+- `load_loss_fn(spec)`: a ``package.module:function`` loss, ``loss_fn(model, batch)``.
 - `load_data(spec, ...)`: ``digits``, ``cifar10:PATH``, ``cifar10-test:PATH`` or
-  ``package.module:factory``, as a fixed subset split into batches on a device.
+  ``package.module:factory``, as a fixed subset split into batches on a device;
+  a factory may return dict batches (``{"input_ids": ..., "labels": ...}``).
 
 Bad input raises `ProblemError` (a `ValueError`) whose message names the
 option at fault and what to write instead.
@@ -23,7 +25,7 @@ option at fault and what to write instead.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,9 @@ __all__ = [
     "canonical_model_name",
     "default_data",
     "load_data",
+    "load_loss_fn",
     "load_state_dict",
+    "map_prefix",
 ]
 
 
@@ -150,6 +154,18 @@ def _factory_exited(what: str, spec: str, exc: SystemExit, returns: str) -> str:
     )
 
 
+def load_loss_fn(spec: str) -> Callable[[nn.Module, Any], Any]:
+    """``package.module:function``: a ``loss_fn(model, batch)`` returning the batch's mean
+    loss or ``(mean_loss, num_samples)`` (see `HessianOperator`)."""
+    fn = _import_factory(spec, "--loss")
+    if not callable(fn) or isinstance(fn, type):
+        raise ProblemError(
+            f"--loss {spec!r} is a {type(fn).__name__}, not a function; give a function "
+            "loss_fn(model, batch) returning the batch's mean loss"
+        )
+    return fn  # type: ignore[no-any-return]
+
+
 def build_model(spec: str, seed: int) -> nn.Module:
     """A built-in model by name, or ``package.module:factory`` called with no arguments."""
     name = canonical_model_name(spec)
@@ -183,7 +199,28 @@ def _few(items: list[str]) -> str:
     return head + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
 
 
-def load_state_dict(model: nn.Module, path: str | Path, model_name: str) -> None:
+def map_prefix(state: dict[str, torch.Tensor], prefix: str, where: str) -> dict[str, torch.Tensor]:
+    """The keys that start with ``OLD`` with it replaced by ``NEW`` (prefix ``"OLD=NEW"``,
+    or ``"OLD"`` to strip it); keys without it are dropped (a training wrapper's own
+    entries, such as a loss module's weights)."""
+    old, _, new = prefix.partition("=")
+    if not old:
+        raise ProblemError(
+            f"--checkpoint-prefix {prefix!r}: give the prefix to strip, e.g. 'model.', or "
+            "OLD=NEW to replace one"
+        )
+    kept = {new + k[len(old) :]: v for k, v in state.items() if k.startswith(old)}
+    if not kept:
+        raise ProblemError(
+            f"--checkpoint-prefix {prefix!r}: no key of checkpoint {where} starts with {old!r}; "
+            f"its keys look like {_few(list(state))}"
+        )
+    return kept
+
+
+def load_state_dict(
+    model: nn.Module, path: str | Path, model_name: str, *, prefix: str | None = None
+) -> None:
     """Load a state_dict file into `model`, explaining any mismatch key by key.
 
     Args:
@@ -192,6 +229,9 @@ def load_state_dict(model: nn.Module, path: str | Path, model_name: str) -> None
             holding the state dict under ``state_dict``, ``model_state_dict`` or
             ``model`` works too, and a ``module.`` prefix on every key is dropped.
         model_name: how the model is named in error messages.
+        prefix: ``"OLD"`` strips OLD from the keys that start with it (e.g.
+            ``"model."`` from a Lightning checkpoint) and drops the others;
+            ``"OLD=NEW"`` replaces it (``"=transformer."`` adds one).
 
     Raises:
         ProblemError: the file is missing, unreadable, not a state dict, or does
@@ -221,6 +261,8 @@ def load_state_dict(model: nn.Module, path: str | Path, model_name: str) -> None
             "save it with torch.save(model.state_dict(), path)"
         )
     state: dict[str, torch.Tensor] = dict(obj)
+    if prefix is not None:
+        state = map_prefix(state, prefix, str(p))
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k[len("module.") :]: v for k, v in state.items()}
     own = model.state_dict()
@@ -242,6 +284,7 @@ def load_state_dict(model: nn.Module, path: str | Path, model_name: str) -> None
         raise ProblemError(
             f"checkpoint {p} does not fit model {model_name}: " + "; ".join(parts) + "; "
             "check --model (and its options) against the model that was saved"
+            + ("" if prefix else "; --checkpoint-prefix maps a prefix of its keys")
         )
     model.load_state_dict(state)
 
@@ -251,10 +294,11 @@ def load_state_dict(model: nn.Module, path: str | Path, model_name: str) -> None
 class Data:
     """The batches an analysis runs on, and what they are."""
 
-    batches: Any  # a list of (inputs, targets) batches, or a DataLoader
+    batches: Any  # a list of (inputs, targets) or dict batches, or a DataLoader
     description: str
     num_samples: int
-    example: tuple[torch.Tensor, torch.Tensor] = field(repr=False, default=None)  # type: ignore[assignment]
+    # two samples of the first batch ((inputs, targets)), or the first dict batch
+    example: Any = field(repr=False, default=None)
 
 
 def _fixed_subset(n: int, samples: int | None) -> np.ndarray | None:
@@ -348,6 +392,8 @@ def load_data(
                 f"--data {spec!r} gives a DataLoader that yields no batch (its dataset is "
                 "empty, or drop_last=True drops every sample); give it at least one sample"
             ) from None
+        if isinstance(first, Mapping):  # dict batches (HuggingFace style)
+            return Data(obj, desc, len(obj.dataset), _map_tensors(first, move))  # type: ignore[arg-type]
         ex = (move(first[0][:2]), first[1][:2].to(device))
         return Data(obj, desc, len(obj.dataset), ex)  # type: ignore[arg-type]
     tensors: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -387,7 +433,86 @@ def load_data(
             ys.append(b[1].to(device) if isinstance(b[1], torch.Tensor) else torch.as_tensor(b[1]))
         batches = list(zip(xs, ys, strict=True))
         return Data(batches, desc, len(ds), (xs[0][:2], ys[0][:2]))
+    if isinstance(obj, Mapping) or (
+        isinstance(obj, (list, tuple)) and obj and all(isinstance(b, Mapping) for b in obj)
+    ):
+        return _dict_data(obj, spec, desc, samples, batch_size, move)
     raise ProblemError(
         f"--data {spec!r} gave a {type(obj).__name__}; the factory must return (inputs, targets) "
-        "tensors, a torch Dataset or a DataLoader"
+        "tensors, a dict batch of tensors (e.g. input_ids and labels), a list of them, a torch "
+        "Dataset or a DataLoader"
     )
+
+
+def _map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`batch` with `fn` applied to every tensor in it (nested dicts, lists and tuples)."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_map_tensors(v, fn) for v in batch)
+    return batch
+
+
+def _rows(batch: Any) -> int | None:
+    """The leading dimension of the first tensor in a (nested) batch."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.ndim else None
+    if isinstance(batch, Mapping):
+        values = list(batch.values())
+    elif isinstance(batch, (list, tuple)):
+        values = list(batch)
+    else:
+        return None
+    for v in values:
+        n = _rows(v)
+        if n is not None:
+            return n
+    return None
+
+
+def _take_rows(batch: Any, n: int, rows: slice | torch.Tensor) -> Any:
+    """The `rows` of every tensor of `batch` with `n` rows (others are kept whole)."""
+
+    def take(t: torch.Tensor) -> torch.Tensor:
+        return t[rows] if t.ndim and t.shape[0] == n else t
+
+    return _map_tensors(batch, take)
+
+
+def _dict_data(
+    obj: Any,
+    spec: str,
+    desc: str,
+    samples: int | None,
+    batch_size: int | None,
+    move: Callable[[torch.Tensor], torch.Tensor],
+) -> Data:
+    """Dict batches (``{"input_ids": ..., "labels": ...}``): one, split by rows, or a list."""
+    if isinstance(obj, Mapping):
+        n = _rows(obj)
+        if not n:
+            raise ProblemError(f"--data {spec!r} gave a dict without a tensor of samples")
+        idx = _fixed_subset(n, samples)
+        one = obj
+        if idx is not None:
+            rows = torch.as_tensor(idx)
+            one = _take_rows(obj, n, rows)
+            n = len(idx)
+        bs = n if batch_size is None else int(batch_size)
+        batches = [_take_rows(one, n, slice(i, i + bs)) for i in range(0, n, bs)]
+        sub = f", fixed subset of {n}" if idx is not None else ""
+    else:
+        if samples is not None or batch_size is not None:
+            raise ProblemError(
+                f"--data {spec!r} gives a list of dict batches: --samples and --batch-size need "
+                "one dict batch to split; have the factory return one, or drop those options"
+            )
+        batches = list(obj)
+        n = sum(_rows(b) or 0 for b in batches)
+        sub = ""
+    batches = [_map_tensors(b, move) for b in batches]
+    plural = "es" if len(batches) > 1 else ""
+    what = f"{desc}{sub} ({n} samples in {len(batches)} dict batch{plural})"
+    return Data(batches, what, n, batches[0])

@@ -76,8 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     SAVED_STATES.clear()
     restore_sigterm = _sigterm_interrupts()
     started_group = False
+    threads = torch.get_num_threads()
     try:
         check_args(args)
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
         started_group = _init_distributed(args)
         with warnings.catch_warnings():
             # the commands say themselves, in one line and in the report, when pairs
@@ -108,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         set_progress(None)
         restore_sigterm()
+        torch.set_num_threads(threads)
         if started_group:
             dist.destroy_process_group()
 

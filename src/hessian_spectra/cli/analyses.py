@@ -22,15 +22,16 @@ from hessian_spectra import plots
 from hessian_spectra.algorithms import density, eigsh, sketch, trace
 from hessian_spectra.analysis.landscape import loss_landscape, random_directions
 from hessian_spectra.analysis.layers import group_blocks, layer_traces
+from hessian_spectra.cli.blocks import BlocksOptions, run_blocks
 from hessian_spectra.cli.errors import CLIError
-from hessian_spectra.cli.output import Outcome, note, say, table, unconverged
+from hessian_spectra.cli.output import Outcome, eig_title, note, say, table, unconverged
 from hessian_spectra.cli.setup import Resume, Setup, hessian, run_state
 from hessian_spectra.operators import select_parameters
 from hessian_spectra.report import summarize
 
 ANALYSES = ("eigs", "trace", "density", "sketch", "landscape", "layers")
-# asked for by name only, not in the default set
-EXTRA_ANALYSES = ("hessian-vs-ggn",)
+# asked for by name only, not in the default set (blocks: also by analyze --blocks)
+EXTRA_ANALYSES = ("hessian-vs-ggn", "blocks")
 SKETCH_KINDS = ("rademacher", "rangefinder", "nystrom")
 
 #: range passes beyond the first of each sketch kind when --power-steps is not given. One
@@ -116,6 +117,7 @@ class Options:
     sketch: SketchOptions = field(default_factory=SketchOptions)
     landscape: LandscapeOptions = field(default_factory=LandscapeOptions)
     resume: Resume = field(default_factory=Resume)
+    blocks: BlocksOptions = field(default_factory=BlocksOptions)
 
 
 def parse_what(text: str) -> list[str]:
@@ -160,8 +162,8 @@ def run_eigs(s: Setup, opts: EigsOptions, resume: Resume, out: Outcome) -> Any:
     )
     out.save("eigs", top)
     say(
-        f"\nTop-{opts.k} eigenvalues ({method}, tol {opts.tol:g}): {top.num_matvecs} HVPs, "
-        f"{top.seconds:.2f} s"
+        f"\n{eig_title(opts.which, opts.k)} ({method}, tol {opts.tol:g}): {top.num_matvecs} "
+        f"HVPs, {top.seconds:.2f} s"
     )
     warning = unconverged(top, opts.tol, "Raise --max-matvecs or loosen --tol.")
     if warning is not None:
@@ -180,7 +182,7 @@ def run_eigs(s: Setup, opts: EigsOptions, resume: Resume, out: Outcome) -> Any:
     out.figure(
         "eigs",
         "eigs_convergence",
-        f"Convergence of the top-{opts.k} eigenvalues ({method})",
+        f"Convergence: {eig_title(opts.which, opts.k)} ({method})",
         plots.plot_convergence(top),
         "Left: Ritz values after each Hessian-vector product (red: final values). Right: the "
         "residual norm of each Ritz pair; a pair is converged below tol × |λ|.",
@@ -221,12 +223,12 @@ def _compare_power(s: Setup, k: int, top: Any, out: Outcome) -> None:
     )
 
 
-def reference_eigs(s: Setup, k: int, out: Outcome) -> Any:
+def reference_eigs(s: Setup, k: int, out: Outcome, name: str = "eigs") -> Any:
     """Top-k eigenpairs computed to serve another analysis (a sketch or a landscape)."""
     top = eigsh(
         hessian(s), k, tol=REFERENCE_TOL, seed=s.seed, progress=True, max_memory=s.max_memory
     )
-    out.save("eigs", top)
+    out.save(name, top)
     warning = unconverged(
         top,
         REFERENCE_TOL,
@@ -234,7 +236,7 @@ def reference_eigs(s: Setup, k: int, out: Outcome) -> Any:
         "'eigs --max-matvecs N' (a larger budget) to check.",
     )
     if warning is not None:
-        out.warn("eigs", warning)
+        out.warn(name, warning)
     return top
 
 
@@ -260,6 +262,11 @@ def run_trace(s: Setup, opts: TraceOptions, resume: Resume, out: Outcome) -> Any
     return tr
 
 
+def _loss_fn(s: Setup) -> dict[str, Any]:
+    """``loss_fn=`` for the analyses that take the model's loss, when --loss gave one."""
+    return {"loss_fn": s.loss_fn} if s.loss_fn is not None else {}
+
+
 def _layer_label(model: nn.Module, layer: str, size: int) -> str:
     """``"conv1 Conv2d (456)"``: a layer's name, module type and parameter count."""
     try:
@@ -280,6 +287,7 @@ def run_layers(s: Setup, opts: TraceOptions, out: Outcome) -> Any:
         seed=s.seed,
         params=s.params,
         progress=True,
+        **_loss_fn(s),
     )
     out.save("layers", tr)
     est = dict(tr.block_estimates or {})
@@ -497,6 +505,7 @@ def run_landscape(s: Setup, opts: LandscapeOptions, out: Outcome, top: Any) -> A
         seed=s.seed,
         slopes=True,
         progress=True,
+        **_loss_fn(s),
     )
     if dirs:
         land = dataclasses.replace(land, kind="eigen", curvatures=curv)
@@ -546,6 +555,7 @@ def _landscape_curves(
             steps=steps1,
             params=s.params,
             slopes=True,
+            **_loss_fn(s),
         )
 
     curves: dict[str, Any] = {}
@@ -571,6 +581,9 @@ def run_analyses(s: Setup, what: Sequence[str], opts: Options, out: Outcome) -> 
     top = None
     if "eigs" in what or "landscape" in what or "sketch" in what:
         top = run_eigs(s, opts.eigs, opts.resume, out)
+        if top.which != "LA" and ("landscape" in what or "sketch" in what):
+            # sketches and eigen-direction landscapes compare with the top of the spectrum
+            top = reference_eigs(s, opts.eigs.k, out, name="eigs_top")
     if "layers" in what:
         # one estimate serves both: the per-layer traces sum to the total
         tr = run_layers(s, opts.trace, out)
@@ -586,6 +599,8 @@ def run_analyses(s: Setup, what: Sequence[str], opts: Options, out: Outcome) -> 
         run_sketch(s, opts.sketch, out, top)
     if "landscape" in what:
         run_landscape(s, opts.landscape, out, top)
+    if "blocks" in what:
+        run_blocks(s, opts.blocks, out)
     if "eigs" not in what and out.result("eigs") is not None:
         # computed only to serve other analyses; keep it in the files but say so
         note("(top eigenvalues were computed for the sketch/landscape analyses)")

@@ -17,6 +17,7 @@ from typing import Any
 
 from hessian_spectra.cli.analyses import parse_what
 from hessian_spectra.cli.errors import CLIError
+from hessian_spectra.cli.setup import LOSSES
 from hessian_spectra.cli.units import parse_memory
 
 #: the commands whose options are checked here (``experiment`` checks its own)
@@ -41,6 +42,7 @@ MIN_INT = {
     "save_every": 0,
     "power_steps": 0,
     "train_steps": 0,
+    "threads": 1,
 }
 
 #: options that must be positive finite numbers, with an example of each
@@ -111,8 +113,32 @@ def check_args(args: argparse.Namespace) -> None:
             ) from None
     if given.get("what") is not None:
         parse_what(given["what"])
+    _check_model_options(given)
     if given.get("max_memory") is not None:
         parse_memory(given["max_memory"])
+
+
+def _check_model_options(given: dict[str, Any]) -> None:
+    """``--loss``, ``--checkpoint-prefix``: their form (imports and keys are checked in setup)."""
+    loss = given.get("loss")
+    if loss is not None and loss not in LOSSES:
+        module, _, function = loss.partition(":")
+        if not module or not function:
+            raise CLIError(
+                f"--loss {loss!r}: use {', '.join(LOSSES)} or package.module:function (a "
+                "loss_fn(model, batch) returning the batch's mean loss)"
+            )
+    prefix = given.get("checkpoint_prefix")
+    if prefix is not None:
+        if not given.get("checkpoint"):
+            raise CLIError(
+                "--checkpoint-prefix maps the keys of a checkpoint: give --checkpoint FILE too"
+            )
+        if not prefix.partition("=")[0]:
+            raise CLIError(
+                f"--checkpoint-prefix {prefix!r}: give the prefix to strip, e.g. 'model.', or "
+                "OLD=NEW to replace one"
+            )
 
 
 def _check_train(given: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from hessian_spectra.cli.analyses import (
     run_sketch,
     run_trace,
 )
+from hessian_spectra.cli.blocks import BlocksOptions
 from hessian_spectra.cli.memory import memory_check
 from hessian_spectra.cli.output import Outcome, finish, say, write_report
 from hessian_spectra.cli.setup import CURVATURES, DTYPES, Inputs, Resume, build_setup
@@ -50,6 +51,7 @@ def inputs_of(args: argparse.Namespace) -> Inputs:
         out=args.out,
         max_memory=args.max_memory,
         curvature=args.curvature,
+        checkpoint_prefix=args.checkpoint_prefix,
     )
 
 
@@ -63,6 +65,7 @@ def eigs_of(args: argparse.Namespace, *, full: bool) -> EigsOptions:
         return EigsOptions(
             k=args.k,
             tol=args.tol,
+            which=getattr(args, "which", "LA"),
             max_matvecs=args.max_matvecs,
             max_basis=args.max_basis,
             compare_power=args.compare_power,
@@ -82,6 +85,19 @@ def eigs_of(args: argparse.Namespace, *, full: bool) -> EigsOptions:
 
 def trace_of(args: argparse.Namespace, *, rtol: float | None = None) -> TraceOptions:
     return TraceOptions(method=args.trace_method, num_matvecs=args.num_matvecs, rtol=rtol)
+
+
+def blocks_of(args: argparse.Namespace) -> BlocksOptions:
+    """``--blocks`` and the budgets it shares with the trace, eigs and density options."""
+    return BlocksOptions(
+        grouping=args.blocks or "layers",
+        k=min(args.k, 3),
+        tol=args.tol,
+        trace_method=args.trace_method,
+        num_matvecs=args.num_matvecs,
+        num_steps=args.num_steps,
+        num_probes=args.num_probes,
+    )
 
 
 def density_of(args: argparse.Namespace) -> DensityOptions:
@@ -145,6 +161,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the chosen analyses on the user's model and data, write report.html."""
     t0 = time.perf_counter()
     what = parse_what(args.what)
+    if args.blocks is not None and "blocks" not in what:
+        what.append("blocks")
     inputs = inputs_of(args)
     opts = Options(
         eigs=eigs_of(args, full=False),
@@ -153,6 +171,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         sketch=sketch_of(args),
         landscape=LandscapeOptions(span=args.span, steps=args.steps),
         resume=resume_of(args),
+        blocks=blocks_of(args),
     )
     s = build_setup(
         inputs,

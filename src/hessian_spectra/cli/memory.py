@@ -123,7 +123,7 @@ def needs(
         out.append(_eigs_need("reference eigs", n, top_k, dtype, budget))
     kept = (top_k or 0) * n * item  # the top eigenvectors stay while later analyses run
     t = opts.trace
-    for name, blocks in (("trace", False), ("layers", True)):
+    for name, blocks in (("trace", False), ("layers", True), ("blocks", True)):
         if name in what:
             try:
                 need = trace_memory(
@@ -138,7 +138,8 @@ def needs(
                 raise _options_error(name, exc) from exc
             lower = "lower --num-matvecs, use --trace-method hutchinson (it keeps no probes), "
             out.append(Need(name, need + kept, lower + "or analyse fewer parameters with --params"))
-    if "density" in what or "hessian-vs-ggn" in what:  # the latter: two densities in turn
+    # hessian-vs-ggn: two densities in turn; blocks: one per block, each smaller than n
+    if "density" in what or "hessian-vs-ggn" in what or "blocks" in what:
         d = opts.density
         need = density_memory(n, num_steps=d.num_steps, num_probes=d.num_probes, dtype=dtype)
         out.append(

@@ -130,9 +130,30 @@ class Outcome:
 
 
 # =============================================================================== report
+#: what the eigenvalues of each --which are
+_WHICH = {
+    "LA": "top-{k} eigenvalues",
+    "SA": "smallest {k} eigenvalues",
+    "LM": "{k} eigenvalues of largest magnitude",
+    "BE": "{k} eigenvalues at both ends",
+}
+
+
+#: how the report names each eigensolver
+METHOD_NAMES = {"lanczos": "Lanczos", "block": "block Lanczos", "power": "power iteration"}
+
+
+def eig_title(which: str, k: int | str = "k") -> str:
+    """``"Top-10 eigenvalues"``, ``"10 eigenvalues at both ends"``: what --which computes."""
+    text = _WHICH.get(which, _WHICH["LA"]).format(k=k)
+    return text[0].upper() + text[1:]
+
+
 # the summary row of each analysis; sketches and landscapes are named by prefix
 _TITLES = {
     "eigs": "Top-k eigenvalues",
+    "eigs_top": "Top-k eigenvalues (reference)",
+    "blocks": "Per-block spectra",
     "eigs_power": "Top-k eigenvalues (power, PyHessian rule)",
     "trace": "Trace",
     "layers": "Per-layer traces",
@@ -142,9 +163,11 @@ _TITLES = {
 }
 
 
-def _title(name: str, shared_trace: bool) -> str:
+def _title(name: str, shared_trace: bool, res: Any = None) -> str:
     if name == "layers" and shared_trace:
         return "Trace and per-layer traces"
+    if name == "eigs" and res is not None:
+        return eig_title(str(getattr(res, "which", "LA")))
     if name in _TITLES:
         return _TITLES[name]
     if name.startswith("sketch_"):
@@ -197,12 +220,25 @@ def write_report(
             continue
         answer = _power_answer(res) if name == "eigs_power" else entry.answer
         method = "SLQ" if name == "density" else None
-        rep.add_result(_title(name, shared_trace), res, answer=answer, method=method)
-    if outcome.result("eigs") is not None:
+        rep.add_result(_title(name, shared_trace, res), res, answer=answer, method=method)
+    eigs = outcome.result("eigs")
+    if eigs is not None:
+        which = str(getattr(eigs, "which", "LA"))
         rep.add_eigenpairs(
-            "Top-k eigenpairs (Lanczos)",
-            outcome.result("eigs"),
-            caption="Residuals are ‖Hv − λv‖ of each returned pair.",
+            f"{eig_title(which).replace('eigenvalues', 'eigenpairs')} "
+            f"({METHOD_NAMES.get(str(getattr(eigs, 'method', '')), 'Lanczos')})",
+            eigs,
+            caption="Residuals are ‖Hv − λv‖ of each returned pair."
+            + (" Largest first, then the smallest." if which == "BE" else ""),
+        )
+    blocks = outcome.result("blocks")
+    if blocks is not None:
+        rep.add_blocks(
+            "Per-block spectra",
+            blocks,
+            caption="Each block's trace (from one estimate of the whole Hessian's trace, so "
+            "they sum to it) with its standard error, and its top eigenvalues (the Hessian "
+            "with respect to that block's parameters alone).",
         )
     for name, entry in outcome.analyses.items():
         for fig in entry.figures:

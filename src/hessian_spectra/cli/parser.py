@@ -11,6 +11,7 @@ import argparse
 
 from hessian_spectra import experiments
 from hessian_spectra.cli.analyses import ANALYSES, SKETCH_KINDS
+from hessian_spectra.cli.blocks import GROUPINGS as BLOCK_GROUPINGS
 from hessian_spectra.cli.commands import (
     cmd_analyze,
     cmd_demo,
@@ -48,21 +49,31 @@ def _inputs(p: argparse.ArgumentParser, *, k: bool = True) -> None:
         "--model",
         default="digits-cnn",
         help="a built-in model (" + ", ".join(BUILTIN_MODELS) + ") or package.module:factory "
-        "(a function returning an nn.Module), e.g. --model mypkg.nets:build",
+        "(a function returning an nn.Module, a HuggingFace model included), e.g. --model "
+        "mypkg.nets:build",
     )
     g.add_argument(
         "--checkpoint",
         metavar="FILE",
         help="a state_dict written by torch.save(model.state_dict(), FILE), e.g. --checkpoint "
-        "runs/model.pt. Without it digits-cnn is trained here (about 5 s) and other models are "
-        "analysed at their seeded initialization",
+        "runs/model.pt. Without it digits-cnn is trained here (about 5 s), other built-in "
+        "models are analysed at their seeded initialization and a factory's model as it "
+        "returns it",
+    )
+    g.add_argument(
+        "--checkpoint-prefix",
+        metavar="PREFIX",
+        help="map a prefix of the checkpoint's keys: PREFIX strips it from the keys that start "
+        "with it and drops the others (e.g. 'model.' of a Lightning checkpoint), OLD=NEW "
+        "replaces it, e.g. --checkpoint-prefix model.",
     )
     g.add_argument(
         "--data",
         default="digits",
         help="digits, cifar10:PATH (the python-format CIFAR-10 batches in PATH), cifar10-test:PATH,"
-        " or package.module:factory returning (inputs, targets), a Dataset or a DataLoader; "
-        "e.g. --data cifar10:~/data/cifar-10-batches-py",
+        " or package.module:factory returning (inputs, targets), a dict batch of tensors (e.g. "
+        "input_ids and labels for a HuggingFace model), a list of dict batches, a Dataset or a "
+        "DataLoader; e.g. --data cifar10:~/data/cifar-10-batches-py",
     )
     g.add_argument(
         "--samples",
@@ -78,7 +89,11 @@ def _inputs(p: argparse.ArgumentParser, *, k: bool = True) -> None:
         "--batch-size 128",
     )
     g.add_argument(
-        "--loss", choices=("cross-entropy", "mse"), default="cross-entropy", help="the loss"
+        "--loss",
+        metavar="LOSS",
+        help="cross-entropy, mse, model (the model's own loss, model(**batch).loss) or "
+        "package.module:function (a loss_fn(model, batch) returning the batch's mean loss); "
+        "default: the model's own loss for dict batches, else cross-entropy",
     )
     g.add_argument(
         "--curvature",
@@ -102,6 +117,7 @@ def _inputs(p: argparse.ArgumentParser, *, k: bool = True) -> None:
     )
     o = p.add_argument_group("run")
     o.add_argument("--seed", type=int, default=0, help="seed of every random start and probe")
+    _threads(o)
     _max_memory(o)
     o.add_argument(
         "--out",
@@ -110,6 +126,16 @@ def _inputs(p: argparse.ArgumentParser, *, k: bool = True) -> None:
     )
     if k:
         o.add_argument("--k", type=int, default=10, help="how many top eigenvalues, e.g. --k 20")
+
+
+def _threads(g: argparse._ActionsContainer) -> None:
+    g.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads torch may use (torch.set_num_threads), e.g. --threads 2 on a shared "
+        "machine (default: torch's, one per core)",
+    )
 
 
 def _max_memory(g: argparse._ActionsContainer) -> None:
@@ -290,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-probes", type=int, default=2, help="probes of the density")
     p.add_argument("--size", type=int, default=50, help="sketch size")
     p.add_argument("--steps", type=int, default=25, help="landscape grid points per direction")
+    _threads(p)
     _max_memory(p)
     p.set_defaults(func=cmd_demo)
 
@@ -304,9 +331,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--what",
         default=",".join(ANALYSES),
         help="comma-separated analyses from " + ",".join(ANALYSES) + ", e.g. --what eigs,trace; "
-        "also hessian-vs-ggn: the Hessian's and the GGN's densities in one figure",
+        "also hessian-vs-ggn (the Hessian's and the GGN's densities in one figure) and blocks "
+        "(per-block spectra, see --blocks)",
     )
     _eig_options(p, full=False)
+    p.add_argument(
+        "--which",
+        choices=("LA", "SA", "LM", "BE"),
+        default="LA",
+        help="the eigenvalues of the eigs analysis: LA largest, SA smallest, LM largest "
+        "magnitude, BE both ends (half the --k from each)",
+    )
+    p.add_argument(
+        "--blocks",
+        choices=BLOCK_GROUPINGS,
+        help="also per-block spectra (adds the blocks analysis): layers (one block per "
+        "repeated layer, e.g. GPT-2's transformer.h.N, with embeddings and head), modules "
+        "(embeddings, attention, mlp, norm, head) or parameters; each block's trace, top "
+        "eigenvalues (at most 3) and density, and the Jensen-Shannon distances between the "
+        "densities (Zhang et al. 2024)",
+    )
     _trace_options(p)
     _density_options(p)
     _sketch_options(p)

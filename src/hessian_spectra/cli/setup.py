@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from hessian_spectra.operators import (
     FisherOperator,
     GGNOperator,
     HessianOperator,
+    LossFn,
     select_parameters,
 )
 from hessian_spectra.problems import (
@@ -35,11 +36,15 @@ from hessian_spectra.problems import (
     build_model,
     canonical_model_name,
     load_data,
+    load_loss_fn,
     load_state_dict,
 )
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-LOSSES = ("cross-entropy", "mse")
+#: --loss by name; "model" is the model's own loss (``model(**batch).loss``), the default
+#: for dict batches; a package.module:function is a loss_fn(model, batch)
+LOSSES = ("cross-entropy", "mse", "model")
+OWN_LOSS = "the model's own loss, model(**batch).loss"
 #: --curvature: the matrix the analyses run on, and its name in the output
 CURVATURES = {
     "hessian": "Hessian",
@@ -57,7 +62,7 @@ class Inputs:
     data: str = "digits"
     samples: int | None = None
     batch_size: int | None = None
-    loss: str = "cross-entropy"
+    loss: str | None = None  # None: cross-entropy, or the model's own loss for dict batches
     device: str = "cpu"
     dtype: str = "float32"
     params: str | None = None
@@ -65,6 +70,7 @@ class Inputs:
     out: str | None = None
     max_memory: str | None = None  # e.g. "8GB"; None: the memory available
     curvature: str = "hessian"  # a key of CURVATURES
+    checkpoint_prefix: str | None = None  # "OLD" or "OLD=NEW" on the checkpoint's keys
 
 
 @dataclass
@@ -73,7 +79,7 @@ class Setup:
 
     model: nn.Module
     model_name: str
-    criterion: nn.Module
+    criterion: nn.Module | None  # None: loss_fn, or the model's own loss when both are None
     data: Data
     out: Path
     seed: int
@@ -84,6 +90,7 @@ class Setup:
     train_note: str = ""
     max_memory: int | None = None  # bytes the analyses' vectors may take; None: what is free
     curvature: str = "hessian"  # a key of CURVATURES: the matrix the analyses run on
+    loss_fn: LossFn | None = None  # --loss package.module:function
 
 
 def device(name: str) -> torch.device:
@@ -182,7 +189,7 @@ def build_setup(
     builtin = BUILTIN_MODELS.get(name)
     model = build_model(name, seed)
     if inputs.checkpoint:
-        load_state_dict(model, inputs.checkpoint, name)
+        load_state_dict(model, inputs.checkpoint, name, prefix=inputs.checkpoint_prefix)
     model = model.to(device=dev, dtype=dtype).eval()
     num_params = selected_count(model, inputs.params)
     _check_k(k, num_params, inputs.params)
@@ -191,20 +198,13 @@ def build_setup(
     data = load_data(
         inputs.data, samples=inputs.samples, batch_size=inputs.batch_size, device=dev, dtype=dtype
     )
-    criterion = {"cross-entropy": nn.CrossEntropyLoss(), "mse": nn.MSELoss()}[inputs.loss]
-    x, y = data.example
-    try:
-        with torch.no_grad():
-            loss = criterion(model(x), y)
-        if loss.ndim != 0:
-            raise ValueError(f"the loss has shape {tuple(loss.shape)}, not a scalar")
-    except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    criterion, loss_fn, loss_name = resolve_loss(inputs.loss, data)
+    if criterion is None and inputs.curvature != "hessian":
         raise CLIError(
-            f"model {name} does not fit data {inputs.data} (inputs of shape "
-            f"{tuple(x.shape[1:])}, targets {tuple(y.shape[1:]) or 'scalars'}) with the "
-            f"{inputs.loss} loss: {msg}"
-        ) from exc
+            f"--curvature {inputs.curvature} needs the model's output and a criterion "
+            f"(--loss cross-entropy or mse), not {loss_name}; use --curvature hessian"
+        )
+    _check_fit(model, criterion, loss_fn, data.example, f"model {name}", inputs.data, loss_name)
     # the input is valid: only now spend time on training
     train_seconds, train_note = 0.0, ""
     if inputs.checkpoint:
@@ -218,9 +218,11 @@ def build_setup(
         model.load_state_dict(trained.state_dict())
         origin = f"trained here: {steps} full-batch Adam steps, lr 1e-2, seed {seed}"
         train_note = origin
-    else:
+    elif builtin is not None:
         origin = f"initialization with seed {seed} (no --checkpoint)"
         note(f"no --checkpoint: analysing {name} at its initialization with seed {seed}")
+    else:  # a factory's model: trained or pretrained weights, or its own initialization
+        origin = f"as {name} returned it (no --checkpoint)"
     settings = {
         "command": command,
         "model": name,
@@ -230,7 +232,7 @@ def build_setup(
         "data": data.description,
         "samples": data.num_samples,
         "batch size": inputs.batch_size or "one batch",
-        "loss": inputs.loss,
+        "loss": loss_name,
         "curvature": CURVATURES[inputs.curvature],
         "device": str(dev),
         "dtype": inputs.dtype,
@@ -251,7 +253,82 @@ def build_setup(
         train_note=train_note,
         max_memory=parse_memory(inputs.max_memory) if inputs.max_memory else None,
         curvature=inputs.curvature,
+        loss_fn=loss_fn,
     )
+
+
+def resolve_loss(spec: str | None, data: Data) -> tuple[nn.Module | None, LossFn | None, str]:
+    """``--loss``: (criterion, loss_fn, how the settings name it).
+
+    None: cross-entropy, or the model's own loss when the data are dict batches
+    (HuggingFace style, with ``labels``). "model": the model's own loss.
+    ``package.module:function``: a ``loss_fn(model, batch)``.
+    """
+    if spec is None:
+        spec = "model" if isinstance(data.example, Mapping) else "cross-entropy"
+    if spec == "cross-entropy":
+        return nn.CrossEntropyLoss(), None, spec
+    if spec == "mse":
+        return nn.MSELoss(), None, spec
+    if spec == "model":
+        return None, None, OWN_LOSS
+    return None, load_loss_fn(spec), spec
+
+
+def _check_fit(
+    model: nn.Module,
+    criterion: nn.Module | None,
+    loss_fn: LossFn | None,
+    example: Any,
+    model_text: str,
+    data_name: str,
+    loss_name: str,
+) -> None:
+    """One loss on the data's first samples, before anything is trained or computed."""
+    try:
+        with torch.no_grad():
+            if loss_fn is not None:
+                out = loss_fn(model, example)
+                loss = out[0] if isinstance(out, tuple) else out
+            elif criterion is not None:
+                if isinstance(example, Mapping):
+                    raise ValueError(
+                        "the data are dict batches; use --loss model (the model's own loss) or "
+                        "--loss package.module:function"
+                    )
+                x, y = example
+                loss = criterion(model(x), y)
+            else:
+                if not isinstance(example, Mapping):
+                    raise ValueError(
+                        "the model's own loss needs dict batches (model(**batch).loss); use "
+                        "--loss cross-entropy, mse or package.module:function"
+                    )
+                out = model(**example)
+                loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
+                if loss is None:
+                    raise ValueError(
+                        "the model returned no loss; put the targets in the batch (labels=...) "
+                        "or give --loss package.module:function"
+                    )
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(f"the loss is {shape}, not a scalar tensor")
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(example, Mapping):
+            shapes = ", ".join(
+                f"{k} {tuple(v.shape)}" for k, v in example.items() if isinstance(v, torch.Tensor)
+            )
+            what = f"dict batches ({shapes})"
+        else:
+            x, y = example
+            what = (
+                f"inputs of shape {tuple(x.shape[1:])}, targets {tuple(y.shape[1:]) or 'scalars'}"
+            )
+        raise CLIError(
+            f"{model_text} does not fit data {data_name} ({what}) with the {loss_name} loss: {msg}"
+        ) from exc
 
 
 def hessian(s: Setup, curvature: str | None = None) -> HessianOperator:
@@ -264,7 +341,8 @@ def hessian(s: Setup, curvature: str | None = None) -> HessianOperator:
     if world_size() > 1 and isinstance(data, list) and len(data) == 1:
         data = data[0]  # one batch: each rank takes a slice of its samples
     kind = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}
-    return kind[curvature or s.curvature](s.model, s.criterion, data, params=s.params)
+    extra: dict[str, Any] = {"loss_fn": s.loss_fn} if s.loss_fn is not None else {}
+    return kind[curvature or s.curvature](s.model, s.criterion, data, params=s.params, **extra)
 
 
 # =============================================================================== run state
