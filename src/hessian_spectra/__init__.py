@@ -65,7 +65,8 @@ _EXPORTS: dict[str, str] = {
     "LandscapeResult": "hessian_spectra.results",
     "MonitorResult": "hessian_spectra.results",
     "BlockSpectraResult": "hessian_spectra.results_blocks",
-    "load_result": "hessian_spectra.results",
+    # through results_blocks, so that hs.load_result also knows BlockSpectraResult files
+    "load_result": "hessian_spectra.results_blocks",
     # progress
     "set_progress": "hessian_spectra._progress",
 }

@@ -1,10 +1,11 @@
 """The record of per-block spectra: `BlockSpectraResult` (from `hs.block_spectra`).
 
 Kept beside ``results.py`` (which holds every other record and the JSON
-machinery) so that neither file grows past its size limit; it is registered
-with `load_result` like the others once this module is imported, which
-``import hessian_spectra`` followed by any use of `block_spectra` or
-`BlockSpectraResult` does. `BlockSpectraResult.from_json` always reads it.
+machinery) so that neither file grows past its size limit. A record registers
+with `load_result` when its module is imported: ``hs.load_result`` is
+exported through this module (the same function), so it reads
+`BlockSpectraResult` files in a fresh process too; so does
+`BlockSpectraResult.from_json`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from hessian_spectra.results import DensityResult, Result
+from hessian_spectra.results import DensityResult, Result, load_result
 
-__all__ = ["BlockSpectraResult"]
+__all__ = ["BlockSpectraResult", "load_result"]
 
 
 @dataclass(frozen=True, kw_only=True)

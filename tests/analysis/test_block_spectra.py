@@ -3,6 +3,9 @@ operator, Jensen-Shannon distances, the record's JSON round trip, and a tiny GPT
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -153,8 +156,16 @@ def test_custom_blocks_of_whole_parameters_only() -> None:
 def test_tiny_gpt2_block_spectra() -> None:
     transformers = pytest.importorskip("transformers", reason="the [hf] extra is not installed")
     config = transformers.GPT2Config(
-        n_layer=2, n_embd=8, n_head=2, vocab_size=30, n_positions=12, bos_token_id=0,
-        eos_token_id=0, attn_implementation="eager", resid_pdrop=0.0, embd_pdrop=0.0,
+        n_layer=2,
+        n_embd=8,
+        n_head=2,
+        vocab_size=30,
+        n_positions=12,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation="eager",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
     torch.manual_seed(0)
@@ -166,8 +177,15 @@ def test_tiny_gpt2_block_spectra() -> None:
         return m(**b).loss
 
     res = hs.block_spectra(
-        model, data=batch, loss_fn=loss_fn, blocks="layers", k=1, num_matvecs=10,
-        num_steps=6, num_probes=1, seed=0,
+        model,
+        data=batch,
+        loss_fn=loss_fn,
+        blocks="layers",
+        k=1,
+        num_matvecs=10,
+        num_steps=6,
+        num_probes=1,
+        seed=0,
     )
     assert list(res.blocks) == ["embeddings", "transformer.h.0", "transformer.h.1", "head"]
     total = sum(res.block_traces.values())
@@ -175,3 +193,15 @@ def test_tiny_gpt2_block_spectra() -> None:
     sub = HessianOperator(model, data=batch, loss_fn=loss_fn, params=r"^transformer\.h\.1\.")
     lam = hs.eigsh(sub, 1, tol=1e-10, seed=1).eigenvalues[0]
     assert res.block_eigenvalues["transformer.h.1"][0] == pytest.approx(lam, rel=1e-3)
+
+
+def test_hs_load_result_reads_block_records_in_a_fresh_process(result, tmp_path) -> None:
+    path = result.to_json(tmp_path / "blocks.json")
+    code = (
+        "import sys, hessian_spectra as hs; r = hs.load_result(sys.argv[1]); "
+        "print(type(r).__name__, list(r.blocks))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "BlockSpectraResult ['0', '2', '4']"
