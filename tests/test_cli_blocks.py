@@ -95,13 +95,13 @@ def test_analyze_gpt2_both_ends_and_blocks(gpt2, tmp_path, capsys) -> None:
     assert top.which == "BE"
     lam = np.asarray(top.eigenvalues)
     assert lam[0] > 0 > lam[-1]  # the largest, then the most negative
-    assert "4 eigenvalues at both ends" in stdout
+    assert "Both ends: 4 eigenvalues" in stdout
     blocks = BlockSpectraResult.from_json(out / "blocks.json")
     assert list(blocks.blocks) == ["embeddings", "transformer.h.0", "transformer.h.1", "head"]
     assert abs(sum(blocks.block_traces.values()) - blocks.trace) <= 1e-6 * abs(blocks.trace)
     report = (out / "report.html").read_text()
     assert "Per-block spectra" in report and "transformer.h.1" in report
-    assert "eigenpairs at both ends" in report
+    assert "Both ends: k eigenpairs (Lanczos)" in report
     assert "Jensen-Shannon" in report
     assert (out / "blocks.png").exists()
     # a factory's model is not said to be at its initialization

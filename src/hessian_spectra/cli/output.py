@@ -132,10 +132,10 @@ class Outcome:
 # =============================================================================== report
 #: what the eigenvalues of each --which are
 _WHICH = {
-    "LA": "top-{k} eigenvalues",
-    "SA": "smallest {k} eigenvalues",
-    "LM": "{k} eigenvalues of largest magnitude",
-    "BE": "{k} eigenvalues at both ends",
+    "LA": "Top-{k} eigenvalues",
+    "SA": "Smallest {k} eigenvalues",
+    "LM": "Largest magnitude: {k} eigenvalues",
+    "BE": "Both ends: {k} eigenvalues",
 }
 
 
@@ -144,9 +144,8 @@ METHOD_NAMES = {"lanczos": "Lanczos", "block": "block Lanczos", "power": "power 
 
 
 def eig_title(which: str, k: int | str = "k") -> str:
-    """``"Top-10 eigenvalues"``, ``"10 eigenvalues at both ends"``: what --which computes."""
-    text = _WHICH.get(which, _WHICH["LA"]).format(k=k)
-    return text[0].upper() + text[1:]
+    """``"Top-10 eigenvalues"``, ``"Both ends: 10 eigenvalues"``: what --which computes."""
+    return _WHICH.get(which, _WHICH["LA"]).format(k=k)
 
 
 # the summary row of each analysis; sketches and landscapes are named by prefix

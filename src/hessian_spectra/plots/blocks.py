@@ -59,6 +59,7 @@ def plot_block_spectra(
     ax1.legend(frameon=False, loc="upper right", fontsize="small", ncol=1 if b <= 8 else 2)
     D = np.asarray(res.js_distance, dtype=np.float64)
     im = ax2.imshow(D, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax2.grid(False)
     ax2.set_xticks(range(b), labels, rotation=60, ha="right", fontsize="small")
     ax2.set_yticks(range(b), labels, fontsize="small")
     if b <= ANNOTATE_UP_TO:
