@@ -56,3 +56,21 @@ def test_analyze_both_ends_with_a_sketch(mlp, tmp_path, capsys) -> None:
     assert "Both ends: k eigenvalues" in report
     assert "Sketches vs Lanczos" in report
     assert "at its initialization" not in report
+
+
+@pytest.mark.parametrize(("grouping", "names"), [("layers", ["0", "2"]), ("modules", ["mlp"])])
+def test_trace_by_blocks(mlp, tmp_path, capsys, grouping, names) -> None:
+    out = tmp_path / grouping
+    code = main(
+        [
+            "--quiet", "trace", "--model", f"{mlp}:model", "--data", f"{mlp}:data",
+            "--blocks", grouping, "--trace-method", "hutchinson", "--num-matvecs", "8",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    tr = load_result(out / "layers.json")
+    assert list(tr.block_estimates) == names
+    assert sum(tr.block_estimates.values()) == pytest.approx(tr.estimate, rel=1e-10)
+    assert sum(tr.block_sizes.values()) == 67

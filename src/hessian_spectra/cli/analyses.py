@@ -21,7 +21,7 @@ from torch import nn
 from hessian_spectra import plots
 from hessian_spectra.algorithms import density, eigsh, sketch, trace
 from hessian_spectra.analysis.landscape import loss_landscape, random_directions
-from hessian_spectra.analysis.layers import group_blocks, layer_traces
+from hessian_spectra.analysis.layers import layer_traces
 from hessian_spectra.cli.blocks import BlocksOptions, run_blocks
 from hessian_spectra.cli.errors import CLIError
 from hessian_spectra.cli.output import Outcome, eig_title, note, say, table, unconverged
@@ -276,8 +276,9 @@ def _layer_label(model: nn.Module, layer: str, size: int) -> str:
     return f"{layer or '(top level)'} {kind} ({size:,})"
 
 
-def run_layers(s: Setup, opts: TraceOptions, out: Outcome) -> Any:
-    """The trace and every layer's share of it, from one estimate."""
+def run_layers(s: Setup, opts: TraceOptions, out: Outcome, blocks: str | None = None) -> Any:
+    """The trace and every layer's share of it, from one estimate (`blocks`: grouped by
+    "layers" or "modules" instead of by the module holding each parameter)."""
     tr = layer_traces(
         s.model,
         s.criterion,
@@ -287,15 +288,13 @@ def run_layers(s: Setup, opts: TraceOptions, out: Outcome) -> Any:
         seed=s.seed,
         params=s.params,
         progress=True,
+        blocks=blocks,
         **_loss_fn(s),
     )
     out.save("layers", tr)
     est = dict(tr.block_estimates or {})
     err = dict(tr.block_stderrs or {})
-    sizes = {
-        layer: (idx.stop - idx.start) if isinstance(idx, slice) else int(idx.numel())
-        for layer, idx in group_blocks(hessian(s).blocks).items()
-    }
+    sizes = dict(tr.block_sizes or {})
     labels = {n: _layer_label(s.model, n, sizes.get(n, 0)) for n in est}
     if est:
         top_layer = max(est, key=lambda n: est[n])

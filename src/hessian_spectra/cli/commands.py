@@ -209,12 +209,13 @@ def cmd_eigs(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     inputs = inputs_of(args)
-    opts = Options(trace=trace_of(args, rtol=None if args.layers else args.rtol))
-    check = _memory(["layers" if args.layers else "trace"], opts, inputs)
+    split = bool(args.layers or args.blocks)
+    opts = Options(trace=trace_of(args, rtol=None if split else args.rtol))
+    check = _memory(["layers" if split else "trace"], opts, inputs)
     s = build_setup(inputs, command="trace", train_steps=args.train_steps, check=check)
     out = Outcome(s.out)
-    if args.layers:
-        run_layers(s, trace_of(args), out)
+    if split:
+        run_layers(s, trace_of(args), out, blocks=args.blocks)
     else:
         run_trace(s, trace_of(args, rtol=args.rtol), resume_of(args), out)
     finish(out, t0)

@@ -373,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     _trace_options(p)
     p.add_argument("--rtol", type=float, help="stop when stderr <= rtol * |trace|, e.g. 0.01")
     p.add_argument("--layers", action="store_true", help="per-layer traces from the same probes")
+    p.add_argument(
+        "--blocks",
+        choices=BLOCK_GROUPINGS,
+        help="per-block traces from the same probes, by layers (one block per repeated layer, "
+        "e.g. GPT-2's transformer.h.N, with embeddings and head) or modules (embeddings, "
+        "attention, mlp, norm, head), e.g. --blocks modules",
+    )
     _resume_options(p)
     p.set_defaults(func=cmd_trace, train_steps=200)
 
