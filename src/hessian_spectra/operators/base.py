@@ -75,6 +75,11 @@ class LinearOperator:
             beyond rounding (default True; no extra product). Switch it off
             (``op.check_symmetry = False``) only for an operator known to be
             symmetric whose products carry more rounding than its dtype's.
+        precision_dtype: the dtype whose machine epsilon is the rounding unit
+            of the products (default: `dtype`; coarser when products are
+            computed in lower precision than the vectors, e.g. bfloat16
+            products returned in float32). Precision floors and the symmetry
+            check use it.
     """
 
     is_distributed: bool = False
@@ -84,6 +89,8 @@ class LinearOperator:
     # a second independent vector is multiplied (then the symmetry check is done)
     _symmetry_probe: tuple[torch.Tensor, torch.Tensor, int] | None = None
     _symmetry_checked: bool = False
+    # set by operators whose products are computed in a coarser dtype than `dtype`
+    _precision_dtype: torch.dtype | None = None
 
     def __init__(self, n: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
         if n < 1:
@@ -92,6 +99,11 @@ class LinearOperator:
         self.dtype = dtype
         self.device = torch.device(device)
         self.num_matvecs = 0
+
+    @property
+    def precision_dtype(self) -> torch.dtype:
+        """The dtype whose machine epsilon is the products' rounding unit (default `dtype`)."""
+        return self.dtype if self._precision_dtype is None else self._precision_dtype
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         """Multiply an (n, b) block; the only method a subclass writes."""
@@ -203,12 +215,12 @@ class LinearOperator:
         if denom == 0.0:
             return
         asym = abs(a - c) / denom
-        tol = symmetry_tolerance(self.dtype, self.device)
+        tol = symmetry_tolerance(self.precision_dtype, self.device)
         if not asym <= tol:
             raise AsymmetricOperatorError(
                 f"{type(self).__name__} is not symmetric: products {i} and {j} give "
                 f"u^T (A v) = {a:.6g} but v^T (A u) = {c:.6g}, a relative asymmetry of "
-                f"{asym:.3g} where rounding in {self.dtype} explains at most {tol:.2g}. The "
+                f"{asym:.3g} where rounding in {self.precision_dtype} explains at most {tol:.2g}. The "
                 "algorithms (eigsh, trace, density, sketch) need a symmetric operator: multiply "
                 "by its symmetric part (A + A^T) / 2 instead, or, if it is symmetric and only "
                 "its rounding is larger, set op.check_symmetry = False"
@@ -324,6 +336,7 @@ class ShiftedOperator(LinearOperator):
         self.op = op
         self.shift = float(shift)
         self.scale = float(scale)
+        self._precision_dtype = op.precision_dtype
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         out = self.op.matmat(V)

@@ -7,11 +7,17 @@ forward-over-reverse pass through `torch.func`). A block of b vectors costs
 ONE forward pass and ONE gradient graph per batch, reused for all b columns,
 which is where block algorithms get their speed.
 
-The b columns are b backward passes over the retained gradient graph. On
-ResNet20 on the CPU (``benchmarks/hvp_cost.py``, one thread) that costs 0.74x
-PyHessian's HVP per column at b = 8, while autograd's ``is_grads_batched``
-(vmap over the same backward) cost 1.07x and vmapped forward-over-reverse
-1.47x with 4x the memory, so the loop is the default.
+The b columns are b backward passes over the retained gradient graph
+(``hvp_mode="double_backward"``), or one backward pass vmapped over them
+(``"batched_backward"``, autograd's ``is_grads_batched``), or a vmapped
+forward-over-reverse pass (``"forward_over_reverse"``); ``"auto"`` picks by
+the rule measured in ``docs/products.md`` (``benchmarks/hvp_modes.py``).
+
+When the data are one batch, the gradient graph is kept between products
+(``keep_graph``) while the parameters, buffers, modes and the batch are
+unchanged, so a product costs only its backward passes; see
+``operators/products.py`` for how "unchanged" is checked and what the kept
+graph holds (`graph_bytes`).
 
 The full-data Hessian is the weighted mean of the per-batch Hessians, a
 batch's weight being the number of terms its mean loss averages over (its
@@ -27,6 +33,11 @@ Precision follows the model: the operator works in the dtype of the selected
 parameters. Call ``model.double()`` before building the operator for a
 float64 Hessian; floating-point inputs are cast to that dtype and moved to the
 parameters' device. Sums over several batches are accumulated in float64.
+A model stored in bfloat16 or float16 computes its products in that dtype and
+the operator works in float32; ``product_dtype=torch.bfloat16`` computes the
+products of a float32 model under autocast (``"tf32"``: TF32 matmuls on
+CUDA), summed in float32. `precision_dtype` then says how coarse the products
+are, and the eigensolvers' precision floors follow it.
 
 Data parallel: with a ``torch.distributed`` default group of more than one
 rank, each rank multiplies by its shard of the data, and one ``all_reduce``
@@ -49,16 +60,44 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
 from hessian_spectra import _distributed
+from hessian_spectra.operators.autograd_support import (
+    UnsupportedDerivativeError,
+    derivatives_explained,
+)
 from hessian_spectra.operators.base import LinearOperator, digest
 from hessian_spectra.operators.criteria import loss_identity
 from hessian_spectra.operators.determinism import check_deterministic as _check_deterministic
 from hessian_spectra.operators.determinism import check_first_product
+from hessian_spectra.operators.finite_difference import FiniteDifference
 from hessian_spectra.operators.grouping import group_parameters
-from hessian_spectra.operators.model import Criterion, LossFn, ModelLoss, ParamSpec
+from hessian_spectra.operators.model import (
+    Criterion,
+    LossFn,
+    ModelLoss,
+    ParamSpec,
+    WeightFn,
+    is_one_batch,
+)
+from hessian_spectra.operators.products import (
+    GraphCache,
+    auto_mode,
+    backward_block,
+    buffers_restored,
+    build_graph,
+    resolve_precision,
+)
 
 __all__ = ["HessianOperator"]
 
-_MODES = ("double_backward", "forward_over_reverse")
+_MODES = (
+    "double_backward",
+    "batched_backward",
+    "forward_over_reverse",
+    "auto",
+    "finite_difference",
+)
+# the modes whose products come from a batch's first-order gradient graph
+_GRAPH_MODES = ("double_backward", "batched_backward", "auto")
 
 
 class _LossModule(nn.Module):
@@ -96,7 +135,10 @@ class HessianOperator(LinearOperator):
             Dropout (else the Hessian changes with every pass).
         criterion: called as ``criterion(model(inputs), targets)`` on each
             batch ``(inputs, targets)``, returning the batch's mean loss (e.g.
-            ``nn.CrossEntropyLoss()``). Exactly one of criterion and loss_fn.
+            ``nn.CrossEntropyLoss()``). At most one of criterion and loss_fn;
+            with neither, the model's own loss: ``model(**batch).loss`` (or
+            ``["loss"]``) for dict batches, as HuggingFace models return it
+            when the batch holds ``labels``.
             The rule: every batch's loss is a MEAN, so a criterion with
             ``reduction='sum'`` (which would scale each batch's Hessian by
             its size) or ``reduction='none'`` is refused; use
@@ -124,10 +166,22 @@ class HessianOperator(LinearOperator):
             module or a list of modules (their parameters; per-layer
             Hessians), parameter tensors, or a mix of these (see
             `model.select_parameters`).
-        hvp_mode: ``"double_backward"`` (default; reverse-over-reverse) or
+        hvp_mode: ``"double_backward"`` (default; reverse-over-reverse, a
+            loop of backward passes over one gradient graph),
+            ``"batched_backward"`` (one backward pass vmapped over the block:
+            autograd's ``is_grads_batched``), ``"auto"`` (per block, the
+            cheaper of these two by the rule measured in ``docs/products.md``),
             ``"forward_over_reverse"`` (``torch.func.jvp`` of ``torch.func.grad``,
             vmapped over the block; fails clearly on models torch.func cannot
-            transform).
+            transform; builds its graph for every block), or
+            ``"finite_difference"``: central differences of gradients, for
+            models with an operation torch cannot differentiate twice
+            (``nn.Hardsigmoid``); four gradients per column, with the
+            relative error estimated in `fd_error_estimate` (see
+            ``operators/finite_difference.py``). Products run with attention
+            on its twice-differentiable (math) kernel; an operation without the
+            derivative a mode needs is named, with its modules, in an
+            `UnsupportedDerivativeError`.
         allow_train_mode: accept a model in train mode with BatchNorm, Dropout
             or an RNN built with ``dropout>0``. BatchNorm then uses batch
             statistics (its running statistics are restored after every pass)
@@ -168,6 +222,29 @@ class HessianOperator(LinearOperator):
             own shard: use it whole). The choice is in `settings`.
         max_batches: use only the first this many batches of each pass over
             the data (needed for data without a length).
+        weight_fn: ``weight_fn(batch)`` -> the number of terms the batch's
+            mean loss averages over, replacing the rules above (for a model's
+            own loss: its ``labels`` other than -100, shifted by one for a
+            causal LM, see `criteria.is_causal_lm`).
+        keep_graph: keep the gradient graph of a lone batch between products
+            (None, the default: when the data are one batch and the products
+            come from its gradient graph). It is reused only while every
+            selected parameter, buffer and batch tensor is the same object
+            with the same version counter and the same values and the
+            modules' modes are the same (checked before each product, see
+            ``operators/products.py``), else rebuilt; `graph_bytes` is the
+            memory it holds, `free_graph` drops it. False: build the graph
+            for every product (less memory between products). Data of
+            several batches build one graph per batch per block either way.
+        product_dtype: the dtype of the products: None (the model's),
+            ``torch.bfloat16`` or ``torch.float16`` (a float32 model's
+            forward and backward passes under ``torch.autocast``, results
+            summed in float32) or ``"tf32"`` (TensorFloat-32 matmuls and
+            convolutions of a float32 model on CUDA). The operator's dtype
+            stays the model's; `precision_dtype` is the products' and sets
+            the eigensolvers' precision floor. A model stored in bfloat16 or
+            float16 computes in its own dtype and the operator works in
+            float32.
 
     Attributes:
         param_names: names of the selected parameters, in vector order.
@@ -181,6 +258,11 @@ class HessianOperator(LinearOperator):
             over all ranks; ``local_num_samples``: this rank's share of them.
         check_matvecs: products the determinism check spent (not in
             `num_matvecs`).
+        keep_graph: whether a lone batch's gradient graph is kept between products.
+        product_dtype: the dtype products are computed in (a torch dtype, or ``"tf32"``).
+        precision_dtype: the dtype whose machine epsilon is the products'
+            rounding unit (float16 for TF32, whose epsilon is the same).
+        graph_bytes: memory held by the kept gradient graph (0 when none).
 
     Every product leaves the model's buffers as they were (a forward that
     updates a buffer, or train-mode BatchNorm's running statistics, is undone
@@ -202,6 +284,9 @@ class HessianOperator(LinearOperator):
         check_deterministic: bool | Literal["first"] = "first",
         shard: str = "auto",
         max_batches: int | None = None,
+        weight_fn: WeightFn | None = None,
+        keep_graph: bool | None = None,
+        product_dtype: torch.dtype | str | None = None,
     ) -> None:
         if hvp_mode not in _MODES:
             raise ValueError(f"hvp_mode must be one of {_MODES}, got {hvp_mode!r}")
@@ -226,7 +311,9 @@ class HessianOperator(LinearOperator):
             distributed=self.is_distributed,
             shard=shard,
             max_batches=max_batches,
+            weight_fn=weight_fn,
         )
+        self._fd = FiniteDifference(self.model_loss) if hvp_mode == "finite_difference" else None
         self.model = model
         self.criterion = criterion
         self.loss_fn = loss_fn
@@ -248,10 +335,24 @@ class HessianOperator(LinearOperator):
         self.num_samples = 0.0
         self.local_num_samples = 0.0
         self._gradients_checked = False  # forward_over_reverse: unused parameters checked
-        super().__init__(selection.numel, self.model_loss.dtype, self.model_loss.device)
+        self._precision = resolve_precision(
+            product_dtype, self.model_loss.dtype, self.model_loss.device
+        )
+        self.product_dtype: torch.dtype | str = self._precision.product
+        self._precision_dtype = self._precision.precision_dtype
+        if keep_graph not in (None, True, False):
+            raise ValueError(f"keep_graph must be None, True or False, got {keep_graph!r}")
+        one_batch = is_one_batch(data) and self.model_loss.num_batches == 1
+        # only the Hessian's own product uses the graph (GGN and Fisher replace it)
+        own = type(self)._batch_product is HessianOperator._batch_product
+        self.keep_graph = bool(
+            own and one_batch and keep_graph is not False and hvp_mode in _GRAPH_MODES
+        )
+        self._graphs = GraphCache(self.keep_graph)
+        super().__init__(selection.numel, self._precision.dtype, self.model_loss.device)
         if check_deterministic is True:
             _check_deterministic(
-                self._product, self.model_loss, self.shape[0], self.dtype, self.device
+                self._fresh_product, self.model_loss, self.shape[0], self.dtype, self.device
             )
             self.check_matvecs += 2
 
@@ -290,37 +391,50 @@ class HessianOperator(LinearOperator):
             "shard": self.model_loss.shard.mode,
             "max_batches": self.max_batches,
             "loss": loss_identity(self.criterion, self.loss_fn),
+            **(self._fd.settings() if self._fd is not None else {}),
+            "keep_graph": self.keep_graph,
+            "product_dtype": str(self.product_dtype).replace("torch.", ""),
         }
+
+    @property
+    def graph_bytes(self) -> int:
+        """Bytes held by the kept gradient graph between products (0 when none is kept).
+
+        The tensors the graph's nodes saved for backward (activations), the
+        gradient itself and the copies of the parameters, buffers and batch
+        the graph is checked against before each reuse; the parameters and
+        the batch themselves are not counted (they exist without the graph).
+        """
+        return self._graphs.nbytes
+
+    def free_graph(self) -> None:
+        """Drop the kept gradient graph now; the next product builds a new one."""
+        self._graphs.free()
+
+    @property
+    def fd_error_estimate(self) -> float | None:
+        """hvp_mode='finite_difference': the last product's relative error estimate, else None."""
+        return None if self._fd is None else self._fd.error_estimate
 
     # --------------------------------------------------------------- products
 
     def _batch_hvp_double_backward(self, batch: Any, Vt: list[torch.Tensor]) -> tuple[Any, float]:
-        """Per-parameter H_batch @ V for one batch by double backward; one graph for all columns."""
-        with torch.enable_grad():
-            loss, weight = self.model_loss.loss(batch)
-            grads = self.model_loss.gradient(loss, create_graph=True)
-            # gradients that are constant in the parameters have a zero Hessian block
-            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-            b = Vt[0].shape[0]
-            cols: list[torch.Tensor] = []
-            for j in range(b):
-                hv: Sequence[torch.Tensor | None] = ()
-                if live:
-                    hv = torch.autograd.grad(
-                        [grads[i] for i in live],
-                        [self.params[i] for i in live],
-                        grad_outputs=[Vt[i][j] for i in live],
-                        retain_graph=j < b - 1,
-                        allow_unused=True,
-                    )
-                if len(live) < len(self.params) or any(h is None for h in hv):
-                    full = [torch.zeros_like(p) for p in self.params]
-                    for i, h in zip(live, hv, strict=True):
-                        if h is not None:
-                            full[i] = h
-                    hv = full
-                cols.append(torch.cat([h.reshape(-1) for h in hv if h is not None]))
-        return torch.stack(cols, 1), weight
+        """H_batch @ V for one batch from its gradient graph; one graph for all columns.
+
+        A lone batch's graph is kept for the next products (`keep_graph`)
+        and reused while the model and the batch are unchanged.
+        """
+        b = Vt[0].shape[0]
+        mode = auto_mode(self.device, b) if self.hvp_mode == "auto" else self.hvp_mode
+        cache = self._graphs
+        with torch.enable_grad(), derivatives_explained(self.model, "double_backward"):
+            graph = cache.lookup(self.model, self.params, batch) if cache.enabled else None
+            if graph is None:
+                graph = build_graph(self.model_loss, batch)
+                if cache.enabled:
+                    cache.store(graph, self.model, self.params, batch)
+            hv = backward_block(graph, self.params, Vt, mode, retain=cache.enabled)
+        return hv, graph.weight
 
     def _batch_hvp_forward_over_reverse(
         self, batch: Any, Vt: list[torch.Tensor]
@@ -354,7 +468,10 @@ class HessianOperator(LinearOperator):
                 # torch's forward-mode AD loads its decompositions with torch.jit.script
                 # on first use, which warns that torch.jit.script is deprecated
                 warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
-                hv = vmap(hvp_column)(*Vt)
+                with derivatives_explained(self.model, "forward_over_reverse"):
+                    hv = vmap(hvp_column)(*Vt)
+        except UnsupportedDerivativeError:
+            raise
         except (RuntimeError, NotImplementedError) as err:
             raise RuntimeError(
                 f"hvp_mode='forward_over_reverse' failed for this model ({err}); torch.func "
@@ -371,9 +488,11 @@ class HessianOperator(LinearOperator):
         other curvature matrices of the same loss (`GGNOperator`,
         `FisherOperator`), which replace only this method.
         """
-        if self.hvp_mode == "double_backward":
-            return self._batch_hvp_double_backward(batch, Vt)
-        return self._batch_hvp_forward_over_reverse(batch, Vt)
+        if self._fd is not None:
+            return self._fd.batch_product(batch, Vt)
+        if self.hvp_mode == "forward_over_reverse":
+            return self._batch_hvp_forward_over_reverse(batch, Vt)
+        return self._batch_hvp_double_backward(batch, Vt)
 
     def _accumulate(self, V: torch.Tensor) -> tuple[torch.Tensor, float]:
         """One pass over the data: (sum_k w_k H_k V, sum_k w_k), w_k = samples in batch k.
@@ -382,7 +501,8 @@ class HessianOperator(LinearOperator):
         reductions belong right after this loop.
         """
         b = V.shape[1]
-        Vt_full = V.T.contiguous()
+        # in the model's dtype (a bfloat16 model's products take bfloat16 vectors)
+        Vt_full = V.T.to(self.model_loss.dtype).contiguous()
         Vt = [
             Vt_full[:, s].view(b, *p.shape)
             for s, p in zip(self.blocks.values(), self.params, strict=True)
@@ -391,7 +511,9 @@ class HessianOperator(LinearOperator):
         weight_sum = 0.0
         bad = -1  # the first batch whose product is not finite (distributed runs)
         for index, batch in enumerate(self.model_loss.batches()):
-            hv, weight = self._batch_product(batch, Vt)
+            with self._precision.context(self.device):
+                hv, weight = self._batch_product(batch, Vt)
+            hv = self._precision.accumulate(hv)  # float32 or wider
             if self.check_finite and not bool(torch.isfinite(hv).all()):
                 if not self.is_distributed:
                     raise FloatingPointError(
@@ -450,9 +572,21 @@ class HessianOperator(LinearOperator):
 
     def _product(self, V: torch.Tensor) -> torch.Tensor:
         """H @ V, uncounted; the model's buffers are restored afterwards."""
-        with self.model_loss.state_kept():
+        if not self._graphs.enabled:
+            with self.model_loss.state_kept():
+                total, weight = self._accumulate(V.detach())
+            return (total / weight).to(self.dtype)
+        # only the buffers a pass changed are written back: a write would spoil the kept graph
+        with buffers_restored(self.model) as restored:
             total, weight = self._accumulate(V.detach())
+        if restored[0]:
+            self._graphs.free()  # the forward changed buffers: the graph saw other values
         return (total / weight).to(self.dtype)
+
+    def _fresh_product(self, V: torch.Tensor) -> torch.Tensor:
+        """`_product` from a newly built graph: what the determinism check must compare."""
+        self._graphs.free()
+        return self._product(V)
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         self.model_loss.check_mode()
@@ -460,7 +594,8 @@ class HessianOperator(LinearOperator):
             raise FloatingPointError("the input block contains NaN or inf")
         if self._first_product_checked:
             return self._product(V)
-        out, checked = check_first_product(self._product, self.model_loss, V)
+        # both passes build their graph, so the check compares two forward passes
+        out, checked = check_first_product(self._fresh_product, self.model_loss, V)
         if checked:
             self._first_product_checked = True
             self.check_matvecs += 1

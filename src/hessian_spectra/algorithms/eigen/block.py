@@ -256,7 +256,7 @@ def block_lanczos_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
         resid = np.concatenate([state.locked_residuals, res])
         kk = min(k, vals.size)
         sel = select(vals, which, kk)
-        thr, limited, floor = thresholds(vals, tol, op.dtype)
+        thr, limited, floor = thresholds(vals, tol, op.precision_dtype)
         conv = resid[sel] <= thr[sel]
         nconv = int(conv.sum())
         asc = np.argsort(vals)

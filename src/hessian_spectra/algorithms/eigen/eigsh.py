@@ -309,7 +309,7 @@ def eigsh(
             ortho_dtype = basis_dtype
         if raw.orthogonality_loss > orthogonality_threshold(ortho_dtype):
             raw.converged = np.zeros_like(raw.converged, dtype=bool)
-        floor_reported(raw, rounding_level(raw, op.dtype, basis_dtype))
+        floor_reported(raw, rounding_level(raw, op.precision_dtype, basis_dtype))
         ctx.finish(f"{int(np.sum(raw.converged))}/{k} converged")
         perm = result_order(raw.values, which)
         seconds = ctx.seconds

@@ -83,7 +83,7 @@ def lanczos_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
         resid = np.concatenate([proc.locked_residuals, res])
         kk = min(k, vals.size)
         sel = select(vals, which, kk)
-        thr, limited, floor = thresholds(vals, tol, op.dtype)
+        thr, limited, floor = thresholds(vals, tol, op.precision_dtype)
         conv = resid[sel] <= thr[sel]
         done = kk == k and bool(conv.all())
         return S, vals, resid, sel, thr, limited, floor, conv, done

@@ -176,7 +176,9 @@ def power_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
             while state.iters < cap:
                 theta, res, res_defl, v = state.iterate(S)
                 scale = max([abs(theta), abs(state.shift), *map(abs, state.values)])
-                thr, _, _ = thresholds(np.array([theta]), tol, op.dtype, scale, true_residuals=True)
+                thr, _, _ = thresholds(
+                    np.array([theta]), tol, op.precision_dtype, scale, true_residuals=True
+                )
                 if stop == "residual":
                     conv = res_defl <= float(thr[0])
                 else:
@@ -211,7 +213,7 @@ def power_eigsh(p: EigenProblem, ctx: RunContext) -> RawPairs:
     scale = float(np.abs(values).max()) if values.size else 0.0
     if extremes is not None:
         scale = max(scale, abs(extremes[0]), abs(extremes[1]))
-    _, limited, floor = thresholds(values, tol, op.dtype, scale, true_residuals=True)
+    _, limited, floor = thresholds(values, tol, op.precision_dtype, scale, true_residuals=True)
     V = torch.stack(state.vectors, dim=1)
     G = V.double().T @ V.double()
     G.diagonal().sub_(1.0)

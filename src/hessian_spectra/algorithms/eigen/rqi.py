@@ -237,7 +237,9 @@ def _refine_pairs(
             else:
                 stall += 1
             scale = max(abs(theta), scale_hint, float(np.abs(state.values[:i]).max(initial=0.0)))
-            thr, _, _ = thresholds(np.array([theta]), tol, op.dtype, scale, true_residuals=True)
+            thr, _, _ = thresholds(
+                np.array([theta]), tol, op.precision_dtype, scale, true_residuals=True
+            )
             conv = best[2] <= float(thr[0])
             user_stop = rec.record(
                 {
@@ -289,7 +291,7 @@ def _finish(
     residuals = state.residuals[:done]
     V = state.vectors[:, :done]
     scale = max(float(np.abs(values).max(initial=0.0)), scale_hint)
-    _, limited, floor = thresholds(values, tol, op.dtype, scale, true_residuals=True)
+    _, limited, floor = thresholds(values, tol, op.precision_dtype, scale, true_residuals=True)
     G = V.double().T @ V.double()
     G.diagonal().sub_(1.0)
     return RawPairs(
@@ -394,7 +396,7 @@ def refine(
         settings = rec.settings(k=k, tol=float(tol), max_matvecs=int(max_matvecs))
         reason = _refine_pairs(op, state, float(tol), int(max_matvecs), rec)
         raw = _finish(op, state, float(tol), reason)
-        floor_reported(raw, rounding_level(raw, op.dtype, None))
+        floor_reported(raw, rounding_level(raw, op.precision_dtype, None))
         rec.finish(f"{int(np.sum(raw.converged))}/{k} converged")
         seconds, num_matvecs, history = rec.seconds, rec.matvecs, rec.history
     warn_unconverged(
