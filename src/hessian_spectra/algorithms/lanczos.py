@@ -5,9 +5,11 @@ span{v0, H v0, ..., H^{m-1} v0} in which Q^T H Q = T is tridiagonal. In
 floating point the three-term recurrence loses orthogonality as soon as a Ritz
 value converges, and copies ("ghosts") of converged eigenvalues appear
 (Paige 1971). With ``reorth="full"`` every new vector is orthogonalized against
-the whole basis by classical Gram-Schmidt applied twice ("twice is enough",
-Giraud, Langou, Rozloznik 2005), which keeps Q orthonormal to working
-precision. ``reorth="none"`` is the plain recurrence, kept to show the ghosts.
+the whole basis by classical Gram-Schmidt, applied twice when the first pass
+cancels much of the vector ("twice is enough", Giraud, Langou, Rozloznik
+2005; the test of Daniel, Gragg, Kaufman and Stewart 1976), which keeps Q
+orthonormal to working precision. ``reorth="none"`` is the plain
+recurrence, kept to show the ghosts.
 
 On breakdown (beta below a tolerance: an invariant subspace was found) the
 process continues with a random vector orthogonal to the basis, so the
@@ -42,6 +44,8 @@ Reorth = Literal["full", "none"]
 
 #: Lanczos steps (= products) of `ritz_extremes` by default.
 BOUND_STEPS = 10
+#: A Gram-Schmidt pass that keeps more than this share of a vector's norm needs no repeat.
+_TWICE_IS_ENOUGH = 0.5**0.5
 
 
 def tridiagonal_eigh(
@@ -121,7 +125,8 @@ class LanczosProcess:
         v0: (n,) starting vector (normalized here; must be non-zero).
         max_steps: the most basis vectors held at once, locked ones included
             (sizes the basis); without restarts, the most steps.
-        reorth: "full" (classical Gram-Schmidt twice against the whole basis) or "none".
+        reorth: "full" (classical Gram-Schmidt against the whole basis, twice when
+            needed) or "none".
         generator: random source for restart vectors after a breakdown.
         store_basis: keep the basis (needed for "full" and for Ritz vectors).
         basis_device: where the basis is kept (default: the operator's device).
@@ -266,13 +271,23 @@ class LanczosProcess:
         return self._combine(St, lo, hi)
 
     def _orthogonalize(self, w: torch.Tensor, upto: int) -> torch.Tensor:
-        if self._same_layout:
-            Qj = self.Q[:, :upto]
-            for _ in range(2):
+        """Classical Gram-Schmidt against Q[:, :upto]; a second pass only when needed.
+
+        The second pass ("twice is enough") runs when the first removed more
+        than 1 - 1/sqrt(2) of w's norm (the criterion of Daniel, Gragg,
+        Kaufman and Stewart 1976), the only case in which one pass can leave
+        w measurably non-orthogonal. Each pass reads the whole basis, the
+        cost of a Lanczos step besides its product, and most steps need one.
+        """
+        before = float(torch.linalg.vector_norm(w))
+        for second in (False, True):
+            if self._same_layout:
+                Qj = self.Q[:, :upto]
                 w = w - Qj @ (Qj.T @ w)
-            return w
-        for _ in range(2):
-            w = w - self._combine(self._project(w, 0, upto), 0, upto)
+            else:
+                w = w - self._combine(self._project(w, 0, upto), 0, upto)
+            if second or float(torch.linalg.vector_norm(w)) > before * _TWICE_IS_ENOUGH:
+                break
         return w
 
     def _random_orthogonal(self, upto: int) -> torch.Tensor:
@@ -563,7 +578,7 @@ def lanczos(
         op: a symmetric `LinearOperator`.
         v0: (n,) non-zero starting vector.
         num_steps: steps (= operator products); at most n.
-        reorth: "full" (default; classical Gram-Schmidt twice) or "none" (the
+        reorth: "full" (default; classical Gram-Schmidt, twice when needed) or "none" (the
             plain three-term recurrence, which produces ghost eigenvalues).
         generator: random source for restart vectors after a breakdown.
         store_basis: keep the basis (always for "full"); "none" may drop it
