@@ -9,6 +9,8 @@ calls `register`) or ``python -m hessian_spectra.experiments NAME``:
 - ``compare-methods``: its Figures 2-6 and 19 on a network Hessian: power
   iteration (PyHessian's rule) vs Lanczos vs block Lanczos, plain Lanczos and
   its ghost copies, sketch errors, trace estimates and the spectral density.
+- ``architectures``: the measurements and claims of ``compare-methods`` on six
+  architecture / data pairs, each trained here over several seeds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hessian_spectra.experiments import compare_methods, sketch_synthetic
+from hessian_spectra.experiments import architectures, compare_methods, sketch_synthetic
 
 __all__ = ["add_commands", "main", "register"]
 
@@ -37,7 +39,7 @@ def _run(entry: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 
 def add_commands(subparsers: Any) -> None:
-    """Add `sketch-synthetic` and `compare-methods` to an argparse subparsers object."""
+    """Add `sketch-synthetic`, `compare-methods` and `architectures` to argparse subparsers."""
     s = subparsers.add_parser(
         "sketch-synthetic",
         help="sketch errors on random PSD matrices (the study's Figures 7-18)",
@@ -55,6 +57,15 @@ def add_commands(subparsers: Any) -> None:
     )
     compare_methods.add_arguments(c)
     c.set_defaults(func=_run(compare_methods.main))
+    a = subparsers.add_parser(
+        "architectures",
+        help="the compare-methods claims on six networks (MLP, CNN, ResNet, LSTM, GPT-2, "
+        "ViT), over several training seeds",
+        description=architectures.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    architectures.add_arguments(a)
+    a.set_defaults(func=_run(architectures.main))
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

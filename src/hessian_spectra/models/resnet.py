@@ -54,16 +54,18 @@ class CifarResNet(nn.Module):
         width: int = 16,
         batch_norm: bool = True,
         residual: bool = True,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
-        if width < 1 or num_classes < 1:
+        if width < 1 or num_classes < 1 or in_channels < 1:
             raise ValueError(
-                f"width and num_classes must be positive, got {width} and {num_classes}"
+                "width, num_classes and in_channels must be positive, got "
+                f"{width}, {num_classes} and {in_channels}"
             )
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1: nn.Module = nn.BatchNorm2d(width) if batch_norm else nn.Identity()
         stages = []
         in_ch = width
@@ -127,6 +129,7 @@ def resnet20(
     batch_norm: bool = True,
     residual: bool = True,
     seed: int | None = None,
+    in_channels: int = 3,
 ) -> CifarResNet:
     """The CIFAR ResNet20 of the study (272,474 parameters at the defaults).
 
@@ -137,6 +140,7 @@ def resnet20(
         batch_norm: BatchNorm after every convolution (False: plain convolutions).
         residual: residual connections (False: a plain deep CNN, no shortcuts).
         seed: seed of the initialization; None uses torch's global generator.
+        in_channels: channels of the input images (3 for CIFAR, 1 for digits).
 
     Returns:
         The model in train mode; call `.eval()` before building a Hessian.
@@ -144,7 +148,12 @@ def resnet20(
 
     def build() -> CifarResNet:
         return CifarResNet(
-            num_classes, depth=depth, width=width, batch_norm=batch_norm, residual=residual
+            num_classes,
+            depth=depth,
+            width=width,
+            batch_norm=batch_norm,
+            residual=residual,
+            in_channels=in_channels,
         )
 
     if seed is None:
