@@ -527,8 +527,11 @@ class LanczosProcess:
         """max |Q^T Q - I| of the stored basis, locked vectors included (float64)."""
         if not self.store_basis or self.num_locked + self.num_steps == 0:
             return float("nan")
-        Q = self.Q[:, : self.num_locked + self.num_steps].double()
-        G = Q.T @ Q
+        m = self.num_locked + self.num_steps
+        G = torch.zeros((m, m), dtype=torch.float64, device=self.basis_device)
+        for rows in self._row_chunks(m):  # float64 a chunk of rows at a time, not a basis copy
+            Qr = self.Q[rows, :m].double()
+            G += Qr.T @ Qr
         G.diagonal().sub_(1.0)
         return float(G.abs().max())
 
