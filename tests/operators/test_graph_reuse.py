@@ -217,3 +217,16 @@ def test_keep_graph_is_checked():
     model, data = make_cnn(), make_data()
     with pytest.raises(ValueError, match="keep_graph"):
         HessianOperator(model, CE, data, keep_graph="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("keep_graph", [True, False])
+def test_products_leave_other_graphs_over_the_model_usable(keep_graph):
+    """Buffers a pass left alone are not written back, so a graph that saved them still works."""
+    model, (x, y) = make_cnn(), make_data()
+    params = list(model.parameters())
+    grads = torch.autograd.grad(CE(model(x), y), params, create_graph=True)  # saves BN stats
+    op = HessianOperator(model, CE, (x, y), keep_graph=keep_graph)
+    V = block(op.shape[0], 1)
+    ours = op.matmat(V)
+    theirs = torch.autograd.grad(grads, params, grad_outputs=list(op.unflatten(V[:, 0]).values()))
+    torch.testing.assert_close(torch.cat([t.reshape(-1) for t in theirs]), ours[:, 0])

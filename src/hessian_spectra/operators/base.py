@@ -220,10 +220,10 @@ class LinearOperator:
             raise AsymmetricOperatorError(
                 f"{type(self).__name__} is not symmetric: products {i} and {j} give "
                 f"u^T (A v) = {a:.6g} but v^T (A u) = {c:.6g}, a relative asymmetry of "
-                f"{asym:.3g} where rounding in {self.precision_dtype} explains at most {tol:.2g}. The "
-                "algorithms (eigsh, trace, density, sketch) need a symmetric operator: multiply "
-                "by its symmetric part (A + A^T) / 2 instead, or, if it is symmetric and only "
-                "its rounding is larger, set op.check_symmetry = False"
+                f"{asym:.3g} where rounding in {self.precision_dtype} explains at most "
+                f"{tol:.2g}. The algorithms (eigsh, trace, density, sketch) need a symmetric "
+                "operator: multiply by its symmetric part (A + A^T) / 2 instead, or, if it is "
+                "symmetric and only its rounding is larger, set op.check_symmetry = False"
             )
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,6 @@ from hessian_spectra.operators.products import (
     GraphCache,
     auto_mode,
     backward_block,
-    buffers_restored,
     build_graph,
     resolve_precision,
 )
@@ -572,15 +571,10 @@ class HessianOperator(LinearOperator):
 
     def _product(self, V: torch.Tensor) -> torch.Tensor:
         """H @ V, uncounted; the model's buffers are restored afterwards."""
-        if not self._graphs.enabled:
-            with self.model_loss.state_kept():
-                total, weight = self._accumulate(V.detach())
-            return (total / weight).to(self.dtype)
-        # only the buffers a pass changed are written back: a write would spoil the kept graph
-        with buffers_restored(self.model) as restored:
+        # a buffer the pass changed is written back, which bumps its version: a kept
+        # graph then no longer matches (`GraphCache.lookup`) and is rebuilt
+        with self.model_loss.state_kept():
             total, weight = self._accumulate(V.detach())
-        if restored[0]:
-            self._graphs.free()  # the forward changed buffers: the graph saw other values
         return (total / weight).to(self.dtype)
 
     def _fresh_product(self, V: torch.Tensor) -> torch.Tensor:

@@ -50,14 +50,19 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
 
     Whatever a pass changed in place (BatchNorm's running statistics in train
     mode, a counter or a running average a forward updates) is copied back.
+    A buffer the pass left alone is not written: a write bumps its version
+    counter, and an autograd graph that saved it (eval-mode BatchNorm saves
+    its running statistics; a kept gradient graph) could not be
+    differentiated again.
     """
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    saved = [(b, b._version, b.detach().clone()) for b in model.buffers()]
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, value in saved:
-                b.copy_(value)
+            for b, version, value in saved:
+                if b._version != version or not torch.equal(b, value):
+                    b.copy_(value)
 
 
 running_stats_kept = buffers_kept  # the former name: BatchNorm's statistics are buffers

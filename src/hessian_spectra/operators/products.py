@@ -47,7 +47,6 @@ __all__ = [
     "Precision",
     "auto_mode",
     "backward_block",
-    "buffers_restored",
     "build_graph",
     "resolve_precision",
 ]
@@ -391,25 +390,3 @@ class GraphCache:
         graph.nbytes = saved_bytes(graph.grads, tensors) + copied
         self.graph = graph
         self.builds += 1
-
-
-@contextlib.contextmanager
-def buffers_restored(model: nn.Module) -> Iterator[list[bool]]:
-    """Restore, to the bit, every buffer a pass changed; say whether any was.
-
-    Like `model.buffers_kept`, but a buffer the pass left alone is not
-    written back: a write bumps its version counter, and a kept graph that
-    saved the buffer (eval-mode BatchNorm saves its running statistics) could
-    not be differentiated again. Yields a one-element list, True on exit when
-    some buffer was restored (a kept graph then no longer matches the model).
-    """
-    saved = [(b, b._version, b.detach().clone()) for b in model.buffers()]
-    restored = [False]
-    try:
-        yield restored
-    finally:
-        with torch.no_grad():
-            for b, version, value in saved:
-                if b._version != version or not torch.equal(b, value):
-                    b.copy_(value)
-                    restored[0] = True
