@@ -20,6 +20,15 @@ def factory(monkeypatch):
     mod.one = lambda: {"input_ids": ids, "labels": ids, "meta": {"mask": torch.ones(8, 5)}}
     mod.many = lambda: [{"input_ids": ids[:3]}, {"input_ids": ids[3:]}]
     mod.not_callable = 3
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int) -> dict:
+            return {"input_ids": ids[i], "labels": ids[i]}
+
+    mod.loader = lambda: torch.utils.data.DataLoader(Rows(), batch_size=3)
     mod.loss = lambda model, batch: model(**batch).loss
     monkeypatch.setitem(sys.modules, "dict_factory_mod", mod)
     return ids
@@ -45,6 +54,13 @@ def test_list_of_dict_batches(factory) -> None:
     assert data.num_samples == 8 and len(data.batches) == 2
     with pytest.raises(ProblemError, match="need one dict batch to split"):
         load_data("dict_factory_mod:many", batch_size=2)
+
+
+def test_dataloader_of_dict_batches(factory) -> None:
+    data = load_data("dict_factory_mod:loader")
+    assert data.num_samples == 8
+    assert isinstance(data.example, dict)
+    assert torch.equal(data.example["input_ids"], factory[:3])
 
 
 def test_loss_fn_spec(factory) -> None:
