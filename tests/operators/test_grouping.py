@@ -134,3 +134,29 @@ def test_tiny_gpt2_modules() -> None:
     }
     assert "transformer.ln_f.weight" in modules["norm"]
     _covers(group_parameters(model, names, "modules"), sum(p.numel() for p in model.parameters()))
+
+
+def test_tiny_bert_layers_and_modules() -> None:
+    transformers = pytest.importorskip("transformers", reason="the [hf] extra is not installed")
+    config = transformers.BertConfig(
+        num_hidden_layers=2,
+        hidden_size=8,
+        num_attention_heads=2,
+        intermediate_size=16,
+        vocab_size=30,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(config)
+    names = [n for n, _ in model.named_parameters()]
+    layers = group_names(model, names, "layers")
+    assert list(layers) == ["embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "head"]
+    assert "bert.embeddings.LayerNorm.weight" in layers["embeddings"]  # before the stack
+    assert all(n.startswith("cls.") for n in layers["head"])
+    modules = group_names(model, names, "modules")
+    assert list(modules) == ["embeddings", "norm", "attention", "mlp", "head"]
+    assert "bert.encoder.layer.1.attention.output.dense.weight" in modules["attention"]
+    assert "bert.encoder.layer.1.intermediate.dense.weight" in modules["mlp"]
+    assert "bert.encoder.layer.1.output.dense.weight" in modules["mlp"]
+    assert "bert.encoder.layer.0.output.LayerNorm.weight" in modules["norm"]
+    _covers(group_parameters(model, names, "modules"), sum(p.numel() for p in model.parameters()))
