@@ -626,6 +626,16 @@ class ModelLoss:
                 "criterion with reduction='mean' or return loss.mean() from loss_fn"
             )
         if not weight > 0:
+            if self.weight_fn is not None:
+                raise ValueError(
+                    f"weight_fn returned {weight} for a batch; it must return the positive "
+                    "number of terms the batch's mean loss averages over"
+                )
+            if self.criterion is None and self.loss_fn is None:
+                raise ValueError(
+                    "a batch holds no label other than -100 (after the shift of a causal LM), "
+                    "so the model's mean loss is 0/0; leave such batches out of the data"
+                )
             raise ValueError(no_terms_message(self.criterion, weight))
         return loss, weight
 
