@@ -11,6 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from hessian_spectra.operators.criteria import is_causal_lm, label_count, loss_identity
+from hessian_spectra.operators.fisher import FisherOperator
+from hessian_spectra.operators.ggn import GGNOperator
 from hessian_spectra.operators.hessian import HessianOperator
 from hessian_spectra.operators.model import ModelLoss, prepare_batch
 
@@ -257,3 +259,11 @@ def test_batch_without_counted_labels_is_refused():
     problem = ModelLoss(model, data=batch)
     with pytest.raises(ValueError, match="no label other than -100"):
         problem.loss(next(problem.batches()))
+
+
+def test_ggn_and_fisher_refuse_a_models_own_loss_saying_what_to_use():
+    model = TinyForCausalLM().double()
+    batches = _lm_batches(torch.Generator().manual_seed(6))
+    for operator in (GGNOperator, FisherOperator):
+        with pytest.raises(ValueError, match=r"own loss.*use HessianOperator\(model, data="):
+            operator(model, data=batches)

@@ -144,7 +144,9 @@ class FisherOperator(HessianOperator):
         if criterion is None:
             raise ValueError(
                 f"FisherOperator needs a criterion, one of {', '.join(SUPPORTED_LOSSES)}, "
-                "called as criterion(model(inputs), targets)"
+                "called as criterion(model(inputs), targets); a model's own loss "
+                "(model(**batch).loss, HuggingFace) gives no output to take the curvature of: "
+                "use HessianOperator(model, data=batches) for it"
             )
         self.kind: Kind = kind
         self.output_loss: OutputLoss = output_loss(criterion)

@@ -433,7 +433,9 @@ class GGNOperator(HessianOperator):
         if criterion is None:
             raise ValueError(
                 f"{type(self).__name__} needs a criterion, one of {', '.join(SUPPORTED_LOSSES)}, "
-                "called as criterion(model(inputs), targets)"
+                "called as criterion(model(inputs), targets); a model's own loss "
+                "(model(**batch).loss, HuggingFace) gives no output to take the curvature of: "
+                "use HessianOperator(model, data=batches) for it"
             )
         # before the base class: a determinism check there already multiplies
         self.output_loss = output_loss(criterion)
