@@ -10,15 +10,20 @@
   products counted, its progress tracked and an optional time limit.
 - RSS helpers (`status_kib`, `reset_peak`), `order_lm`, `max_rel_err`,
   `count_scipy`, `timed`.
+- `headlines(payload)`: the issue's "must show" lines from peers.py's JSON;
+  `merged(...)`: one run's parts over the JSON on disk.
 """
 
 from __future__ import annotations
 
 import gc
 import inspect
+import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,6 +113,25 @@ def eigenthings_operator(model: nn.Module, crit: nn.Module, batch: Batch) -> Any
     import hessian_eigenthings as he  # optional extra (bench)
 
     return he.HessianOperator(model, [batch], he.supervised_loss(crit))
+
+
+def source_state() -> dict[str, Any]:
+    """The commit measured, and the operator files that differed from it (work in progress)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *a], cwd=root, capture_output=True, text=True, check=False
+            ).stdout.strip()
+        except OSError:
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "src/hessian_spectra/operators")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_operators": dirty.splitlines(),
+    }
 
 
 def peer_versions() -> dict[str, str]:
@@ -280,3 +304,94 @@ def count_scipy(A: spla.LinearOperator) -> tuple[spla.LinearOperator, dict[str, 
         return A.matmat(X)
 
     return spla.LinearOperator(A.shape, matvec=mv, matmat=mm, dtype=A.dtype), count
+
+
+# ------------------------------------------------------------------ the JSON of peers.py
+
+
+def best_block(products: dict[str, Any]) -> tuple[str, float] | None:
+    """The cheapest block variant of ours per column, relative to PyHessian's product."""
+    cands = {
+        k: r["ratio_vs_pyhessian"]
+        for k, r in products["variants"].items()
+        if k.startswith("ours_b8") and "ratio_vs_pyhessian" in r
+    }
+    return min(cands.items(), key=lambda kv: kv[1]) if cands else None
+
+
+def headlines(payload: dict[str, Any]) -> dict[str, Any]:
+    """The issue's "must show" lines, each with the load average of its measurement."""
+    out: dict[str, Any] = {}
+    for threads, rec in payload.get("headline_products", {}).items():
+        r = rec["ratio_per_column_vs_pyhessian"]
+        ours_v = rec["variants"].get("ours", {})
+        line: dict[str, Any] = {
+            "load_average_before": rec["load_average_before"],
+            "load_average_after": rec["load_average_after"],
+        }
+        if "ours" in r:
+            line["single_product_ours_over_pyhessian"] = r["ours"]
+            line["single_product_cpu_ratio"] = ours_v["cpu_ratio_vs_pyhessian"]
+            line["single_product_target_1.05_met"] = r["ours"] <= 1.05
+            line["ours_vs_pyhessian_rel_diff"] = ours_v["rel_diff_vs_pyhessian"]
+            line["agree_to_1e-5"] = ours_v["rel_diff_vs_pyhessian"] <= 1e-5
+        if "ours_b8" in r:
+            line["block8_per_column_over_pyhessian"] = r["ours_b8"]
+            line["block8_target_0.6_met"] = r["ours_b8"] <= 0.6
+        out[f"resnet20_b64_products_threads{threads}"] = line
+    full = payload.get("products", {}).get("resnet20_b64")
+    if full:
+        best = best_block(full)
+        if best:
+            out["resnet20_b64_best_block_mode"] = {
+                "variant": best[0],
+                "per_column_over_pyhessian": best[1],
+                "threads": full["torch_threads"],
+                "load_average_before": full["load_average_before"],
+            }
+    top = payload.get("topk", {}).get("resnet20_b128")
+    if top and "ratio_seconds_ours_over" in top:
+        o, ph = top["runs"]["ours"], top["runs"].get("pyhessian", {})
+        line = {
+            "ours_seconds": o["seconds"],
+            "ours_max_rel_err": o["max_rel_err"],
+            "pyhessian_seconds": ph.get("seconds"),
+            "pyhessian_finished": ph.get("finished"),
+            "pyhessian_max_rel_err": ph.get(
+                "max_rel_err", ph.get("finished_max_rel_err_to_nearest_reference")
+            ),
+            "load_average_after": top["load_average_after"],
+            "threads": top.get("torch_threads"),
+            "load_average_before": top.get("load_average_before"),
+        }
+        if "pyhessian" in top["ratio_seconds_ours_over"]:
+            ratio = top["ratio_seconds_ours_over"]["pyhessian"]
+            line["wall_time_ours_over_pyhessian"] = ratio
+            line["speedup"] = 1 / ratio
+            line["speedup_is_lower_bound"] = not ph.get("finished", True)
+            line["target_8x_met"] = ratio <= 1 / 8 and o["max_rel_err"] <= 1e-4
+            if "ratio_seconds_ours_over_pyhessian_EXTRAPOLATED" in top:
+                x = top["ratio_seconds_ours_over_pyhessian_EXTRAPOLATED"]
+                line["EXTRAPOLATED_speedup"] = 1 / x
+                xc = top["ratio_cpu_seconds_ours_over_pyhessian_EXTRAPOLATED"]
+                line["EXTRAPOLATED_cpu_time_speedup"] = 1 / xc
+            if "cpu_seconds" in ph:
+                line["cpu_time_speedup"] = ph["cpu_seconds"] / o["cpu_seconds"]
+        out["resnet20_b128_top20"] = line
+    return out
+
+
+def merged(
+    previous: Path, payload: dict[str, Any], log_entry: dict[str, Any], full: bool
+) -> dict[str, Any]:
+    """This run's parts over those of the JSON on disk, read now (another run may have written).
+
+    Each part keeps its own time stamp, threads and load averages; ``run_log``
+    lists the runs whose parts the file holds.
+    """
+    old = json.loads(previous.read_text()) if previous.exists() and not full else {}
+    runs = [r for r in old.get("run_log", []) if r.get("started_utc") != log_entry["started_utc"]]
+    out = {**payload, "run_log": [*runs, log_entry]}
+    for key in ("products", "memory", "topk", "headline_products"):
+        out[key] = {**old.get(key, {}), **payload.get(key, {})}
+    return out

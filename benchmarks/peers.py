@@ -88,7 +88,9 @@ from peerlib import (
     curvlinops_operator,
     eigenthings_operator,
     flat,
+    headlines,
     max_rel_err,
+    merged,
     order_lm,
     our_options,
     ours,
@@ -97,6 +99,7 @@ from peerlib import (
     pyhessian_topk,
     reset_peak,
     score_pyhessian,
+    source_state,
     split_like,
     status_kib,
     timed,
@@ -176,16 +179,21 @@ def variants(
     v = V[:, 0].contiguous()
     out: dict[str, Variant] = {}
 
+    def own() -> nn.Module:
+        # every variant on its own copy: one library's passes may restore BatchNorm
+        # buffers in place (new versions), which breaks another's kept graph
+        return copy.deepcopy(model)
+
     def our_vec(**kw: Any) -> Variant:
         def make() -> Callable[[], torch.Tensor]:
-            op = ours(model, crit, batch, **kw)
+            op = ours(own(), crit, batch, **kw)
             return lambda: op.matvec(v)
 
         return Variant(1, make, kw)
 
     def our_block(**kw: Any) -> Variant:
         def make() -> Callable[[], torch.Tensor]:
-            op = ours(model, crit, batch, **kw)
+            op = ours(own(), crit, batch, **kw)
             return lambda: op.matmat(V)[:, 0]
 
         return Variant(8, make, kw)
@@ -205,7 +213,7 @@ def variants(
     def ph() -> Callable[[], torch.Tensor]:
         from pyhessian.utils import hessian_vector_product  # optional extra (bench)
 
-        h = pyhessian_object(model, crit, batch)
+        h = pyhessian_object(own(), crit, batch)
         vl = split_like(v, h.params)
 
         def call() -> torch.Tensor:
@@ -218,7 +226,7 @@ def variants(
 
     def cl(b: int) -> Callable[[], Callable[[], torch.Tensor]]:
         def make() -> Callable[[], torch.Tensor]:
-            H = curvlinops_operator(model, crit, batch)
+            H = curvlinops_operator(own(), crit, batch)
             X = v if b == 1 else V
             return lambda: (H @ X) if b == 1 else (H @ X)[:, 0]
 
@@ -228,7 +236,7 @@ def variants(
     out["curvlinops_b8"] = Variant(8, cl(8), {"api": "HessianLinearOperator @ V (n, 8)"})
 
     def et() -> Callable[[], torch.Tensor]:
-        op = eigenthings_operator(model, crit, batch)
+        op = eigenthings_operator(own(), crit, batch)
         return lambda: op.matvec(v)
 
     out["eigenthings"] = Variant(1, et, {"api": "HessianOperator.matvec (autograd)"})
@@ -499,78 +507,6 @@ HEADLINE = ("ours", "pyhessian", "ours_b8")
 NO_OPTIONS: dict[str, Any] = {"keep_graph": False, "hvp_modes": [], "product_dtype": False}
 
 
-def best_block(products: dict[str, Any]) -> tuple[str, float] | None:
-    """The cheapest block variant of ours per column, relative to PyHessian's product."""
-    cands = {
-        k: r["ratio_vs_pyhessian"]
-        for k, r in products["variants"].items()
-        if k.startswith("ours_b8") and "ratio_vs_pyhessian" in r
-    }
-    return min(cands.items(), key=lambda kv: kv[1]) if cands else None
-
-
-def headlines(payload: dict[str, Any]) -> dict[str, Any]:
-    """The issue's "must show" lines, each with the load average of its measurement."""
-    out: dict[str, Any] = {}
-    for threads, rec in payload.get("headline_products", {}).items():
-        r = rec["ratio_per_column_vs_pyhessian"]
-        ours_v = rec["variants"].get("ours", {})
-        line: dict[str, Any] = {
-            "load_average_before": rec["load_average_before"],
-            "load_average_after": rec["load_average_after"],
-        }
-        if "ours" in r:
-            line["single_product_ours_over_pyhessian"] = r["ours"]
-            line["single_product_cpu_ratio"] = ours_v["cpu_ratio_vs_pyhessian"]
-            line["single_product_target_1.05_met"] = r["ours"] <= 1.05
-            line["ours_vs_pyhessian_rel_diff"] = ours_v["rel_diff_vs_pyhessian"]
-            line["agree_to_1e-5"] = ours_v["rel_diff_vs_pyhessian"] <= 1e-5
-        if "ours_b8" in r:
-            line["block8_per_column_over_pyhessian"] = r["ours_b8"]
-            line["block8_target_0.6_met"] = r["ours_b8"] <= 0.6
-        out[f"resnet20_b64_products_threads{threads}"] = line
-    full = payload.get("products", {}).get("resnet20_b64")
-    if full:
-        best = best_block(full)
-        if best:
-            out["resnet20_b64_best_block_mode"] = {
-                "variant": best[0],
-                "per_column_over_pyhessian": best[1],
-                "threads": full["torch_threads"],
-                "load_average_before": full["load_average_before"],
-            }
-    top = payload.get("topk", {}).get("resnet20_b128")
-    if top and "ratio_seconds_ours_over" in top:
-        o, ph = top["runs"]["ours"], top["runs"].get("pyhessian", {})
-        line = {
-            "ours_seconds": o["seconds"],
-            "ours_max_rel_err": o["max_rel_err"],
-            "pyhessian_seconds": ph.get("seconds"),
-            "pyhessian_finished": ph.get("finished"),
-            "pyhessian_max_rel_err": ph.get(
-                "max_rel_err", ph.get("finished_max_rel_err_to_nearest_reference")
-            ),
-            "load_average_after": top["load_average_after"],
-            "threads": top.get("torch_threads"),
-            "load_average_before": top.get("load_average_before"),
-        }
-        if "pyhessian" in top["ratio_seconds_ours_over"]:
-            ratio = top["ratio_seconds_ours_over"]["pyhessian"]
-            line["wall_time_ours_over_pyhessian"] = ratio
-            line["speedup"] = 1 / ratio
-            line["speedup_is_lower_bound"] = not ph.get("finished", True)
-            line["target_8x_met"] = ratio <= 1 / 8 and o["max_rel_err"] <= 1e-4
-            if "ratio_seconds_ours_over_pyhessian_EXTRAPOLATED" in top:
-                x = top["ratio_seconds_ours_over_pyhessian_EXTRAPOLATED"]
-                line["EXTRAPOLATED_speedup"] = 1 / x
-                xc = top["ratio_cpu_seconds_ours_over_pyhessian_EXTRAPOLATED"]
-                line["EXTRAPOLATED_cpu_time_speedup"] = 1 / xc
-            if "cpu_seconds" in ph:
-                line["cpu_time_speedup"] = ph["cpu_seconds"] / o["cpu_seconds"]
-        out["resnet20_b128_top20"] = line
-    return out
-
-
 def figure(payload: dict[str, Any], path: Path) -> None:
     fig, (ax1, ax2) = new_figure(11, 4.2, ncols=2)
     parts = list(payload.get("products", {}))
@@ -638,18 +574,15 @@ def main() -> int:
     opts = our_options()
     log(f"our options: {opts}")
     name = "peers_quick" if args.quick else "peers"
-    payload: dict[str, Any] = {"products": {}, "memory": {}, "topk": {}, "run_log": []}
-    previous = RESULTS / f"{name}.json"
-    if set(parts) != set(PARTS) and previous.exists():
-        # a run of some parts updates them in the last JSON; each part keeps its own
-        # time stamp, threads and load averages, and run_log says which run made it
-        old = json.loads(previous.read_text())
-        payload.update({k: old[k] for k in ("products", "memory", "topk", "run_log") if k in old})
-        payload["headline_products"] = old.get("headline_products", {})
+    payload: dict[str, Any] = {"products": {}, "memory": {}, "topk": {}}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    payload["run_log"].append(
-        {"started_utc": stamp, "command": " ".join(sys.argv), "parts": parts, "our_options": opts}
-    )
+    log_entry = {
+        "started_utc": stamp,
+        "command": " ".join(sys.argv),
+        "parts": parts,
+        "source": source_state(),
+        "our_options": opts,
+    }
     payload.update(
         {
             "quick": args.quick,
@@ -663,6 +596,17 @@ def main() -> int:
         }
     )
     t_start = time.perf_counter()
+
+    def save(final: bool = False) -> dict[str, Any]:
+        """Write what is measured so far (a run stopped early keeps its finished parts)."""
+        log_entry["seconds"] = time.perf_counter() - t_start
+        log_entry["finished"] = final
+        whole = final and set(parts) == set(PARTS)  # a full run starts the file afresh
+        out = merged(RESULTS / f"{name}.json", payload, log_entry, whole)
+        out["headlines"] = headlines(out)
+        write_json(name, out)
+        return out
+
     if "resnet20_b64" in parts:
         payload["headline_products"] = {}
         for threads in [int(t) for t in args.product_threads.split(",")]:
@@ -671,16 +615,19 @@ def main() -> int:
             rec = time_products("resnet20_b64", NO_OPTIONS, args.headline_repeats, False, HEADLINE)
             payload["headline_products"][str(threads)] = {**rec, "measured_utc": stamp}
             log(f"  {rec['ratio_per_column_vs_pyhessian']}, load {rec['load_average_before']}")
+            save()
     torch.set_num_threads(args.threads)
     for part in [p for p in parts if p != "resnet20_b128"]:
         log(f"products: {part}")
         rec = time_products(part, opts, args.repeats, full=not args.quick)
         payload["products"][part] = {**rec, "measured_utc": stamp}
         log(f"  { ({k: round(v, 3) for k, v in rec['ratio_per_column_vs_pyhessian'].items()}) }")
+        save()
         if not (args.quick or args.no_memory):
             if part == "resnet20_b64":  # memory where it matters; each is a fresh process
                 names = [k for k in rec["variants"] if not k.startswith("ours_b8_")]
                 payload["memory"][part] = measure_memory(part, names)
+                save()
     for part in [p for p in parts if p != "resnet20_b64"]:
         log(f"top-{K}: {part}")
         iters = [2 * K] if part.startswith("resnet") else [2 * K, 4 * K]
@@ -694,9 +641,9 @@ def main() -> int:
             "torch_threads": args.threads,
             "load_average_before": load,
         }
-    payload["seconds_total"] = time.perf_counter() - t_start
-    payload["headlines"] = headlines(payload)
-    path = write_json(name, payload)
+        save()
+    payload = save(final=True)
+    path = RESULTS / f"{name}.json"
     figure(payload, RESULTS / name)
     log(f"wrote {path}")
     log(json.dumps(payload["headlines"], indent=1))
