@@ -25,6 +25,8 @@ SCRIPTS = [
     "curvature.py",
     "distributed.py",
     "optimizers.py",
+    "hvp_modes.py",
+    "lanczos_overhead.py",
     "peers.py",
     "scaling.py",
     "gpu.py",
