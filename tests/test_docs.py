@@ -1,4 +1,5 @@
-"""The API reference in docs/api.md is generated from the docstrings and kept current."""
+"""The documentation is current: the API reference, the architecture page, and every
+measured number of the README and docs/reproduction.md against the JSON it comes from."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import hessian_spectra as hs
 
@@ -94,3 +97,79 @@ def test_readme_numbers_come_from_the_result_files() -> None:
     }
     missing = {k: v for k, v in expected.items() if v not in readme}
     assert not missing, f"README numbers that differ from their JSON: {missing}"
+
+
+def _sci(x: float, digits: int) -> str:
+    return f"{x:.{digits}e}".replace("e-0", "e-")
+
+
+def _summary_md(rel: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    """Rows of a sketch-synthetic summary.md by (kind, zeros, d)."""
+    out = {}
+    for line in (ROOT / rel).read_text().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        kind, zeros, _, d, mean, median, lo, hi, share, pred = cells
+        out[(kind, zeros, d)] = {"mean": mean, "pred": pred, "share": share}
+    return out
+
+
+def test_reproduction_numbers_come_from_the_result_files() -> None:
+    """The measured numbers of docs/reproduction.md are the ones their JSON holds, as printed."""
+    doc = (ROOT / "docs" / "reproduction.md").read_text()
+    cm = _json("docs/figures/compare-methods-summary.json")
+    tk = _json("benchmarks/results/topk_digits.json")["digits"]["runs"]
+    m, g = cm["methods"], cm["ghosts"]["none"]
+    expected = {
+        "PyHessian package": f"| {tk['pyhessian']['hvps']} | "
+        f"{_pct(tk['pyhessian']['max_rel_err'], 2)}, "
+        f"{tk['pyhessian']['out_of_order']} out of order |",
+        "power rule": f"| {m['power']['num_matvecs']} | "
+        f"{_pct(m['power']['max_abs_relative_error_sorted'], 2)}, "
+        f"{m['power']['out_of_order']} out of order |",
+        "lanczos": f"| {m['lanczos']['num_matvecs']} | "
+        f"{_sci(m['lanczos']['max_abs_relative_error_sorted'], 1)} |",
+        "block": f"| {m['block']['num_matvecs']} | "
+        f"{_sci(m['block']['max_abs_relative_error_sorted'], 1)} |",
+        "converged at": ", ".join(str(c) for c in m["lanczos"]["converged_at"]),
+        "ghosts": f"| {g['top_copies']} | {g['distinct']} | {g['ghosts']} | {g['unmatched']} | "
+        f"{g['orthogonality_loss']:.2f} |",
+        "rqi": f"{tk['rqi']['hvps']} HVPs and a largest error of "
+        f"{_pct(tk['rqi']['max_rel_err'], 1)}",
+        "lanczos benchmark": f"{tk['lanczos']['hvps']} HVPs and "
+        f"{_sci(tk['lanczos']['max_rel_err'], 2)}",
+        "run seconds": f"took {cm['seconds']:.0f} s",
+        "exact trace": f"exact trace {cm['reference']['trace']:.4f}",
+        "negative": f"{cm['reference']['num_negative']} of them (30%) are negative",
+    }
+    for key, e in cm["sketches"].items():
+        expected[f"sketch {key}"] = (
+            f"| {e['num_matvecs']} | {e['mean_percent_error']:+.1f}% | "
+            f"{e['median_percent_error']:+.1f}% | {e['min_percent_error']:+.1f}% ... "
+            f"{e['max_percent_error']:+.1f}% | {np.mean(np.abs(e['percent_errors'])):.1f}% |"
+        )
+    ref = cm["reference"]["trace"]
+    for name, e in cm["trace"].items():
+        if name in ("running_mean",):
+            continue
+        err = 100 * (e["estimate"] - ref) / ref
+        expected[f"trace {name}"] = f"| {e['estimate']:.3f} | {e['stderr']:.3f} | {err:+.1f}% |"
+    ex = cm["probes"]["exact"]
+    expected["probe ratio"] = f"{ex['variance_ratio_gaussian_over_rademacher']:.3f}"
+    expected["probe share"] = _pct(ex["diagonal_share_of_frobenius"], 1)
+    # the synthetic runs: seed 0's measured / predicted table, both seeds' negative counts
+    summary = _summary_md("docs/figures/sketch-synthetic-summary.md")
+    for zeros in ("10%", "20%", "40%", "60%", "80%", "90%"):
+        rows = [summary[("rademacher", zeros, d)] for d in ("20", "50", "100", "200", "400", "600")]
+        cells = [f"{r['mean']} / {r['pred']}" for r in rows]
+        expected[f"synthetic {zeros}"] = f"| {zeros} | " + " | ".join(cells) + " |"
+    for seed, rel in (
+        (0, "docs/figures/sketch-synthetic-claims.json"),
+        (1, "docs/figures/sketch-synthetic-seed1-claims.json"),
+    ):
+        c = {c["key"]: c for c in _json(rel)["claims"]}["always_overestimates"]["evidence"]
+        expected[f"negative seed {seed}"] = (
+            f"{c['num_negative']:,} ({_pct(c['num_negative'] / c['num_errors'], 1)}) are "
+            f"negative, down to {c['min_percent_error']:.0f}%"
+        )
+    missing = {k: v for k, v in expected.items() if v not in doc}
+    assert not missing, f"docs/reproduction.md numbers that differ from their JSON: {missing}"

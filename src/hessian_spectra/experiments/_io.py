@@ -19,6 +19,15 @@ import torch
 
 from hessian_spectra._atomic import atomic_open
 
+#: The verdicts a claim can get. "holds partly" always comes with the numbers
+#: (`Claim.numbers`); "not reproduced here" marks a claim about a regime this
+#: run does not reach (it is neither confirmed nor refuted).
+HOLDS = "holds"
+PARTLY = "holds partly"
+FAILS = "does not hold"
+NOT_HERE = "not reproduced here"
+VERDICTS = (HOLDS, PARTLY, FAILS, NOT_HERE)
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -28,15 +37,65 @@ class Claim:
         key: short stable name (used by the document and tests).
         source: "study" (claimed in the study) or "library" (what we claim).
         statement: the claim in words.
-        holds: whether the run's numbers satisfy it.
+        verdict: one of `VERDICTS`.
         evidence: the numbers that decide it.
+        numbers: the deciding numbers in words (the document quotes them).
     """
 
     key: str
     source: str
     statement: str
-    holds: bool
+    verdict: str
     evidence: dict[str, Any]
+    numbers: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    @property
+    def holds(self) -> bool:
+        """Whether the claim holds in full."""
+        return self.verdict == HOLDS
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, with `holds` (True only for a full "holds") beside the verdict."""
+        return {
+            "key": self.key,
+            "source": self.source,
+            "statement": self.statement,
+            "verdict": self.verdict,
+            "holds": self.holds,
+            "numbers": self.numbers,
+            "evidence": self.evidence,
+        }
+
+
+def trend_verdict(steps: Sequence[bool], ends: Sequence[bool]) -> str:
+    """The verdict on a coarse claim of a trend ("the error falls as X grows").
+
+    `steps` says, for every step between neighbouring settings, whether it goes
+    the claimed way; `ends` says, for every series, whether its last setting
+    beats its first. The claim holds when every step agrees; it holds partly
+    when every series goes the claimed way end to end and at least half of the
+    steps agree; otherwise it does not hold.
+    """
+    steps, ends = list(steps), list(ends)
+    if steps and all(steps):
+        return HOLDS
+    if ends and all(ends) and 2 * sum(steps) >= len(steps):
+        return PARTLY
+    return FAILS
+
+
+def share_verdict(ok: Sequence[bool]) -> str:
+    """The verdict on "in every case": holds for all, partly for a majority, else not."""
+    ok = list(ok)
+    if ok and all(ok):
+        return HOLDS
+    if 2 * sum(ok) > len(ok):
+        return PARTLY
+    return FAILS
 
 
 def derive_seed(*keys: int) -> int:

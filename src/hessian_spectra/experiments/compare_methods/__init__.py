@@ -99,8 +99,7 @@ def report(record: Mapping[str, Any]) -> str:
     if ref_tr is not None:
         lines.append(f"  trace reference      {ref_tr:.6g}")
     for c in record.get("claims", []):
-        verdict = "holds" if c["holds"] else "does not hold"
-        lines.append(f"  [{c['source']}] {c['key']}: {verdict}")
+        lines.append(f"  [{c['source']}] {c['key']}: {c['verdict']} ({c['numbers']})")
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,8 @@ class CompareConfig:
         sketch_sizes: sketch sizes (the study: 50 and 100).
         sketch_kinds: sketch kinds.
         trace_matvecs: HVP budget of each trace estimator.
+        probe_compare: Hutchinson products of each probe kind (Rademacher,
+            Gaussian) whose variances are compared (0: skip).
         reference: "exact" (dense Hessian, small models) or "lanczos".
         reference_tol: tolerance of the reference Lanczos run.
         reference_trace_probes: Hutchinson probes of the reference trace when not exact.
@@ -78,6 +80,7 @@ class CompareConfig:
     sketch_sizes: tuple[int, ...] = (50, 100)
     sketch_kinds: tuple[str, ...] = ("rademacher", "rangefinder", "nystrom")
     trace_matvecs: int = 50
+    probe_compare: int = 100
     reference: str = "exact"
     reference_tol: float = 1e-9
     reference_trace_probes: int = 1000
@@ -186,6 +189,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--sketch-sizes", default="50,100", help="comma-separated sketch sizes (default 50,100)")
     a("--sketch-kinds", default="rademacher,rangefinder,nystrom", help="comma-separated kinds")
     a("--trace-matvecs", type=int, default=d.trace_matvecs, help="HVPs per trace estimator")
+    a(
+        "--probe-compare",
+        type=int,
+        default=d.probe_compare,
+        help=f"Rademacher and Gaussian Hutchinson products each, whose variances are compared "
+        f"(default {d.probe_compare}; 0 skips)",
+    )
     a("--reference", choices=("exact", "lanczos"), help="default: exact for n <= 20000")
     a("--reference-tol", type=float, default=d.reference_tol, help="reference Lanczos tolerance")
     a(
@@ -238,6 +248,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         sketch_sizes=_ints(args.sketch_sizes),
         sketch_kinds=tuple(x.strip() for x in args.sketch_kinds.split(",") if x.strip()),
         trace_matvecs=args.trace_matvecs,
+        probe_compare=args.probe_compare,
         reference=reference,
         reference_tol=args.reference_tol,
         reference_trace_probes=args.reference_trace_probes,

@@ -24,13 +24,19 @@ from hessian_spectra.figures import new_figure, save_figure, styled
 
 
 def _symlog_x(ax: Any, linthresh: float, span: float) -> None:
-    """A symmetric-log x axis with a labelled tick every other decade (no crowding at 0)."""
+    """A symmetric-log x axis with a labelled tick every other decade (no crowding at 0).
+
+    The axis label says that it is symmetric-log and where it is linear.
+    """
     ax.set_xscale("symlog", linthresh=linthresh)
     lo, hi = int(np.floor(np.log10(linthresh))), int(np.ceil(np.log10(span)))
     decades = [10.0**e for e in range(hi, lo - 1, -2)]
     ticks = sorted([-x for x in decades] + [0.0] + decades)
     ax.set_xticks(ticks, ["0" if t == 0 else f"{t:.0e}" for t in ticks], fontsize=7)
     ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(
+        f"eigenvalue λ (loss / parameter²); symmetric-log axis, linear within ±{linthresh:.0e}"
+    )
 
 
 @styled
@@ -73,26 +79,62 @@ def figure3(record: Mapping[str, Any], title: str, out: Path) -> Path:
     return save_figure(fig, out / "fig03_power_cost.png", data, dpi=FIGURE_DPI, palette=True)
 
 
+def reference_label(ref: Mapping[str, Any]) -> str:
+    """What the reference eigenvalues are, for a legend."""
+    if ref.get("kind") == "exact":
+        return "exact eigenvalues (dense Hessian)"
+    return f"Lanczos reference (tol {ref.get('tol', '?')})"
+
+
 @styled
-def figure4(plain: GhostCount, reference: np.ndarray, title: str, out: Path) -> Path:
-    """Top Ritz values of plain Lanczos per iteration against the reference (study's Figure 4)."""
-    fig, ax = new_figure(7.0, 4.2)
-    for rec in plain.history:
+def figure4(
+    plain: GhostCount,
+    reference: np.ndarray,
+    title: str,
+    out: Path,
+    *,
+    ref_label: str = "reference eigenvalues",
+) -> Path:
+    """Top Ritz values of plain Lanczos per iteration against the reference (study's Figure 4).
+
+    At the last step the Ritz values that copy one eigenvalue are drawn side by
+    side (one marker per copy) with their count, so that ghost copies, which
+    coincide to many digits, can be seen and counted.
+    """
+    fig, ax = new_figure(8.5, 4.6)
+    for rec in plain.history[:-1]:
         ax.plot(np.full(len(rec["ritz_top"]), rec["step"]), rec["ritz_top"], "k.", ms=2.5)
     steps = plain.num_steps
-    ax.plot(
-        np.full(reference.size, steps + 2),
-        reference,
-        "o",
-        color="crimson",
-        ms=4,
-        label="reference eigenvalues",
-    )
+    last = np.asarray(plain.ritz_top, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    # group the last step's Ritz values by the reference eigenvalue they copy
+    used = np.zeros(last.size, dtype=bool)
+    for j, r in enumerate(ref):
+        near = np.flatnonzero(~used & (np.abs(last - r) <= plain.rtol * abs(r)))
+        if near.size == 0:
+            continue
+        used[near] = True
+        ax.plot(steps + 0.9 * np.arange(near.size), last[near], "o", mfc="none", mec="C0", ms=4)
+        if near.size > 1:
+            ax.annotate(
+                f"{near.size} copies" if j == 0 else f"×{near.size}",
+                (steps + 0.9 * (near.size - 1) + 0.8, r),
+                va="center",
+                fontsize=9,
+                color="C0",
+            )
+    if np.any(~used):
+        ax.plot(np.full(int(np.sum(~used)), steps), last[~used], "kx", ms=4)
+    x_ref = steps + 9
+    ax.plot(np.full(ref.size, x_ref), ref, "o", color="crimson", ms=4, label=ref_label)
     ax.plot([], [], "k.", label=f"top-{len(plain.ritz_top)} Ritz values, plain Lanczos")
+    ax.plot([], [], "o", mfc="none", mec="C0", label=f"step {steps}: copies side by side, counted")
+    ax.set_xlim(-1, x_ref + 2)
     ax.set_xlabel("Lanczos iteration (= HVPs)")
-    ax.set_ylabel("eigenvalue (loss / parameter²)")
+    ax.set_ylabel("eigenvalue (loss / parameter²), log axis")
     ax.set_yscale("log")
-    ax.legend(frameon=False, loc="lower left")
+    # below the axes: no data point is covered
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=9)
     ax.set_title(
         f"Fig. 4 analogue: {title}\nplain Lanczos (no reorthogonalization): at step {steps} "
         f"the top {len(plain.ritz_top)} hold {plain.top_copies} copies of λ1 and "
@@ -138,7 +180,14 @@ def figure5(
 
 
 @styled
-def figure6(entry: Mapping[str, Any], reference: np.ndarray, title: str, out: Path) -> Path:
+def figure6(
+    entry: Mapping[str, Any],
+    reference: np.ndarray,
+    title: str,
+    out: Path,
+    *,
+    ref_label: str = "reference eigenvalues",
+) -> Path:
     """Cumulative spectrum of a sketch's eigenvalues (the study's Figure 6)."""
     lam = np.sort(np.asarray(entry["eigenvalues"], dtype=np.float64))
     frac_above = 1.0 - np.arange(1, lam.size + 1) / lam.size
@@ -152,11 +201,14 @@ def figure6(entry: Mapping[str, Any], reference: np.ndarray, title: str, out: Pa
     )
     for j, r in enumerate(reference):
         ax.axvline(
-            r, color="crimson", lw=0.6, alpha=0.5, label="reference top-k" if j == 0 else None
+            r,
+            color="crimson",
+            lw=0.6,
+            alpha=0.5,
+            label=f"{ref_label}, top {len(reference)}" if j == 0 else None,
         )
     ax.axvline(0.0, color="black", lw=0.8)
     _symlog_x(ax, float(np.max(np.abs(lam))) * 1e-3, float(np.max(np.abs(lam))))
-    ax.set_xlabel("eigenvalue λ (loss / parameter²)")
     ax.set_ylabel("fraction of sketch eigenvalues > λ")
     ax.legend(frameon=False)
     ax.set_title(
@@ -192,7 +244,6 @@ def figure2_cdf(den: Any, ref: Mapping[str, Any], title: str, out: Path) -> Path
         data["exact_fraction_above"] = exact_above
     _symlog_x(ax, span * 1e-6, span)
     ax.set_yscale("log")
-    ax.set_xlabel("eigenvalue λ (loss / parameter²)")
     ax.set_ylabel("fraction of eigenvalues > λ")
     ax.legend(frameon=False)
     ax.set_title(f"Fig. 2 analogue: cumulative spectrum\n{title}", fontsize=9)
@@ -224,7 +275,12 @@ def figure_trace(tr: Mapping[str, Any], ref: Mapping[str, Any], title: str, out:
             color="black",
             ls="--",
             lw=0.9,
-            label=f"reference ({ref['kind']}) {ref['trace']:.5g}",
+            label=(
+                f"exact trace (dense Hessian) {ref['trace']:.5g}"
+                if ref.get("kind") == "exact"
+                else f"reference: Hutchinson, {ref.get('reference_trace_probes', 'many')} "
+                f"probes, {ref['trace']:.5g}"
+            ),
         )
         ax1.legend(frameon=False)
     ax1.set_ylabel("trace estimate (loss / parameter²), ±2 s.e.")
@@ -237,7 +293,13 @@ def figure_trace(tr: Mapping[str, Any], ref: Mapping[str, Any], title: str, out:
             rule["probes"], color="C3", ls=":", label=f"PyHessian rule stops ({rule['probes']})"
         )
     if ref.get("trace") is not None:
-        ax2.axhline(ref["trace"], color="black", ls="--", lw=0.9, label="reference")
+        ax2.axhline(
+            ref["trace"],
+            color="black",
+            ls="--",
+            lw=0.9,
+            label="exact trace" if ref.get("kind") == "exact" else "reference trace",
+        )
     ax2.set_xlabel("probes (HVPs)")
     ax2.set_ylabel("running mean of v·Hv (loss / parameter²)")
     ax2.set_title("PyHessian's stopping rule replayed")
@@ -245,6 +307,54 @@ def figure_trace(tr: Mapping[str, Any], ref: Mapping[str, Any], title: str, out:
     fig.suptitle(f"Trace: {title}")
     data = {"trace": tr, "reference_trace": ref.get("trace")}
     return save_figure(fig, out / "trace_estimates.png", data, dpi=FIGURE_DPI, palette=True)
+
+
+@styled
+def figure19(
+    sketches: Mapping[str, Any], top: np.ndarray, ref_label: str, title: str, out: Path
+) -> Path:
+    """Top-k eigenvalues of each sketch against the reference, and their percent errors.
+
+    The eigenvalue panel has a log axis, so that the k values are spread over
+    its height rather than squeezed under a well separated top eigenvalue;
+    colour is the sketch kind, the line style its size; the legend sits below
+    the panels, over no data.
+    """
+    top = np.asarray(top, dtype=np.float64)
+    idx = np.arange(1, top.size + 1)
+    fig, (ax1, ax2) = new_figure(11.0, 5.0, ncols=2)
+    ax1.plot(idx, top, "k-", marker="o", ms=4, lw=1.4, label=ref_label, zorder=3)
+    kinds = list(dict.fromkeys(e["kind"] for e in sketches.values()))
+    sizes = sorted({e["size"] for e in sketches.values()})
+    styles = ["-", "--", ":", "-."]
+    markers = {"rademacher": "s", "rangefinder": "D", "nystrom": "^"}
+    for e in sketches.values():
+        lam = np.asarray(e["eigenvalues"], dtype=np.float64)[: top.size]
+        err = np.asarray(e["percent_errors"], dtype=np.float64)
+        kw = {
+            "color": f"C{kinds.index(e['kind'])}",
+            "ls": styles[sizes.index(e["size"]) % len(styles)],
+            "marker": markers.get(e["kind"], "o"),
+            "ms": 3.5,
+            "lw": 1.0,
+        }
+        label = f"{e['kind']} d={e['size']} ({e['num_matvecs']} HVPs)"
+        ax1.plot(idx[: lam.size], lam, label=label, **kw)
+        ax2.plot(idx[: err.size], err, **kw)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("index i (descending)")
+    ax1.set_ylabel("eigenvalue λ_i (loss / parameter²), log axis")
+    ax1.set_title("Top eigenvalues: sketches and the reference")
+    ax2.axhline(0.0, color="black", lw=0.8)
+    ax2.set_xlabel("index i (descending)")
+    ax2.set_ylabel("100 (sketch - reference) / |reference| (%)")
+    ax2.set_title("Percent error of each eigenvalue")
+    for ax in (ax1, ax2):
+        ax.set_xticks(list(range(1, top.size + 1, 2 if top.size > 10 else 1)))
+    fig.legend(loc="outside lower center", ncol=4, fontsize=9, frameon=False)
+    fig.suptitle(f"Fig. 19 analogue: sketch errors, {title}")
+    data = {"sketches": sketches, "reference": top, "reference_label": ref_label}
+    return save_figure(fig, out / "fig19_sketch_errors.png", data, dpi=FIGURE_DPI, palette=True)
 
 
 def title(record: Mapping[str, Any]) -> str:
@@ -264,18 +374,37 @@ def draw_all(m: Measurements, cfg: CompareConfig, out: Path) -> list[Path]:
     name = title(record)
     figs = [
         figure3(record, name, out),
-        figure4(m.plain, top, name, out),
+        figure4(m.plain, top, name, out, ref_label=reference_label(m.reference)),
         figure5(record, m.lanczos, m.plain, name, out),
         figure_trace(record["trace"], record["reference"], name, out),
     ]
     for e in record["sketches"].values():
         if e["kind"] == "rademacher":
-            figs.append(figure6(e, top, name, out))
+            figs.append(figure6(e, top, name, out, ref_label=reference_label(m.reference)))
     fig = hplots.plot_convergence(
         m.lanczos,
         reference=top,
-        title=f"Fig. 4 (ours): Lanczos, full reorth., tol {cfg.tol}: {name}",
+        title=f"Fig. 4 (ours): Lanczos, full reorth., tol {cfg.tol}; dotted: "
+        f"{reference_label(m.reference)}\n{name}",
     )
+    # the residual panel's legend goes below the panels, over no data
+    for panel in fig.axes:
+        if (legend := panel.get_legend()) is not None and panel is not fig.axes[0]:
+            legend.remove()
+            fig.legend(
+                *panel.get_legend_handles_labels(),
+                loc="outside lower center",
+                ncol=2,
+                fontsize=9,
+                frameon=False,
+            )
+    # a log axis spreads the top k over the panel's height (a linear one squeezes
+    # all but a well separated top eigenvalue into its bottom)
+    ax = fig.axes[0]
+    if np.all(top > 0):
+        ax.set_yscale("log")
+        ax.set_ylim(0.5 * float(np.min(top)), 2.0 * float(np.max(top)))
+        ax.set_ylabel(ax.get_ylabel() + ", log axis")
     data: dict[str, Any] = {"reference": top, "history": list(m.lanczos.history)}
     figs.append(
         save_figure(fig, out / "fig04_lanczos_ours.png", data, dpi=FIGURE_DPI, palette=True)
@@ -289,17 +418,7 @@ def draw_all(m: Measurements, cfg: CompareConfig, out: Path) -> list[Path]:
     figs.append(
         save_figure(fig, out / "methods_comparison.png", data, dpi=FIGURE_DPI, palette=True)
     )
-    sk = record["sketches"]
-    fig = hplots.plot_sketch(
-        {f"{e['kind']} d={e['size']}": m.sketches[key] for key, e in sk.items()},
-        top,
-        k=cfg.k,
-        title=f"Fig. 19 analogue: sketch errors, {name}",
-    )
-    data = {"sketches": sk, "reference": top}
-    figs.append(
-        save_figure(fig, out / "fig19_sketch_errors.png", data, dpi=FIGURE_DPI, palette=True)
-    )
+    figs.append(figure19(record["sketches"], top, reference_label(m.reference), name, out))
     figs.append(figure2_cdf(m.density, m.reference, name, out))
     fig = hplots.plot_density(
         m.density,

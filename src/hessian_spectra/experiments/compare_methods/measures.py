@@ -22,6 +22,11 @@ from hessian_spectra.algorithms import BOUND_STEPS
 from hessian_spectra.experiments._io import machine_info
 from hessian_spectra.experiments.compare_methods.claims import evaluate_claims
 from hessian_spectra.experiments.compare_methods.config import CompareConfig
+from hessian_spectra.experiments.compare_methods.costs import (
+    deflation_seconds,
+    lanczos_steps_seconds,
+    probe_variances,
+)
 from hessian_spectra.experiments.compare_methods.reference import reference_spectrum
 from hessian_spectra.experiments.ghosts import GhostCount, lanczos_ghosts
 from hessian_spectra.operators import LinearOperator
@@ -279,7 +284,7 @@ def measure(
         "problem": dict(problem or {"operator": repr(op)}),
         "n": op.shape[0],
         "machine": machine_info(),
-        "reference": {k: v for k, v in ref.items() if k != "eigenvalues"},
+        "reference": {k: v for k, v in ref.items() if k not in ("eigenvalues", "diagonal")},
     }
     # PyHessian's budget per eigenvalue; "LA" first spends the spectral bound's HVPs
     bound = 0 if cfg.power_which == "LM" else BOUND_STEPS
@@ -331,8 +336,17 @@ def measure(
     sk, sk_results = sketch_errors(op, top, cfg, ref.get("trace"))
     record["sketches"] = sk
     record["trace"] = trace_estimates(op, sk, cfg)
+    if cfg.probe_compare > 0:
+        record["probes"] = probe_variances(op, cfg.probe_compare, cfg.seed + 2, ref)
+    d_small = min(cfg.sketch_sizes)
+    record["timing"] = {
+        "lanczos_steps": lanczos_steps_seconds(op, d_small, cfg.seed),
+        "deflation": deflation_seconds(
+            op, cfg.k - 1, record["methods"]["power"]["seconds_per_matvec"]
+        ),
+    }
     den, record["density"] = density_summary(op, ref, cfg)
-    record["claims"] = [asdict(c) for c in evaluate_claims(record, cfg)]
+    record["claims"] = [c.to_dict() for c in evaluate_claims(record, cfg)]
     record["seconds"] = time.perf_counter() - t_start
     return Measurements(
         record=record,

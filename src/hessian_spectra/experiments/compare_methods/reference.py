@@ -39,14 +39,25 @@ def reference_spectrum(op: LinearOperator, cfg: CompareConfig) -> dict[str, Any]
                 out = _exact_record(
                     cached["eigenvalues"], float(cached["trace"]), float(cached["asymmetry"]), cfg
                 )
+                # caches written before the diagonal was kept have none
+                out["diagonal"] = cached.get("diagonal")
                 out.update(num_matvecs=1, seconds=time.perf_counter() - t0)
                 out["cache"] = cfg.reference_cache
                 return out
-        lam, trace, asym = _dense_spectrum(op)
+        lam, diag, asym = _dense_spectrum(op)
+        trace = float(np.sum(diag))
         if cfg.reference_cache:
             with atomic_open(Path(cfg.reference_cache), "wb") as fh:
-                np.savez(fh, eigenvalues=lam, trace=trace, asymmetry=asym, probe_hvp=_probe_hvp(op))
+                np.savez(
+                    fh,
+                    eigenvalues=lam,
+                    diagonal=diag,
+                    trace=trace,
+                    asymmetry=asym,
+                    probe_hvp=_probe_hvp(op),
+                )
         out = _exact_record(lam, trace, asym, cfg)
+        out["diagonal"] = diag
         out.update(num_matvecs=op.shape[0], seconds=time.perf_counter() - t0)
         return out
     if cfg.reference != "lanczos":
@@ -54,8 +65,8 @@ def reference_spectrum(op: LinearOperator, cfg: CompareConfig) -> dict[str, Any]
     return _lanczos_reference(op, cfg)
 
 
-def _dense_spectrum(op: LinearOperator) -> tuple[np.ndarray, float, float]:
-    """All eigenvalues (descending), the trace and max |H - H^T| of the dense operator."""
+def _dense_spectrum(op: LinearOperator) -> tuple[np.ndarray, np.ndarray, float]:
+    """All eigenvalues (descending), the diagonal and max |H - H^T| of the dense operator."""
     n = op.shape[0]
     if n > EXACT_MAX_N:
         raise ValueError(
@@ -71,7 +82,7 @@ def _dense_spectrum(op: LinearOperator) -> tuple[np.ndarray, float, float]:
     asym = float(np.max(np.abs(H - H.T)))
     H = (H + H.T) / 2
     lam = np.sort(np.linalg.eigvalsh(H))[::-1]
-    return lam, float(np.trace(H)), asym
+    return lam, np.diag(H).copy(), asym
 
 
 def _exact_record(lam: np.ndarray, trace: float, asym: float, cfg: CompareConfig) -> dict[str, Any]:

@@ -98,9 +98,9 @@ def write_outputs(
         "machine": result.machine,
         "files": files,
     }
-    write_json(out / "claims.json", {"claims": [asdict(c) for c in claims]})
+    write_json(out / "claims.json", {"claims": [c.to_dict() for c in claims]})
     write_json(out / "run.json", record)
-    record["claims"] = [asdict(c) for c in claims]
+    record["claims"] = [c.to_dict() for c in claims]
     return record
 
 
@@ -111,8 +111,7 @@ def report(record: Mapping[str, Any]) -> str:
         f"{record['num_rows']} rows, {record['seconds']:.1f} s",
     ]
     for c in record["claims"]:
-        verdict = "holds" if c["holds"] else "does not hold"
-        lines.append(f"  [{c['source']}] {c['key']}: {verdict}")
+        lines.append(f"  [{c['source']}] {c['key']}: {c['verdict']} ({c['numbers']})")
     return "\n".join(lines) + "\n"
 
 

@@ -22,8 +22,15 @@ from hessian_spectra.experiments.sketch_synthetic.measures import (
 )
 from hessian_spectra.figures import new_figure, save_figure, styled
 
-#: Resolution of the many-panel figures (kept small in docs/figures).
-PANEL_DPI = 64
+#: Resolution of the many-panel figures (kept small in docs/figures, yet with
+#: their 9-point legends readable when the figure is shown at page width).
+PANEL_DPI = 80
+#: Font size of legends and panel titles.
+LEGEND_SIZE = 9
+#: The error axes are symmetric-log: linear within +-SYMLOG_LINTHRESH percent.
+SYMLOG_LINTHRESH = 1.0
+#: The y label of those axes, saying that they are symmetric-log.
+ERROR_LABEL = f"error [%], symlog (linear in ±{SYMLOG_LINTHRESH:g})"
 
 
 def _pct(x: float) -> str:
@@ -106,17 +113,22 @@ def plot_family(
                 "max": pick(hi, p, s)[ok].tolist(),
             }
         ax.axhline(0.0, color="black", lw=0.8)
-        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_yscale("symlog", linthresh=SYMLOG_LINTHRESH)
         ax.set_xlabel("eigenvalue rank (1 = largest)")
-        ax.set_ylabel("error (sketch - true) / true [%]")
+        ax.set_ylabel(ERROR_LABEL)
         return drawn
 
     panel_data: dict[str, Any] = {}
     for p, pval in enumerate(panels):
-        fig, ax = new_figure()
+        fig, ax = new_figure(8.5, 4.2)
         drawn = draw(ax, p)
-        ax.set_title(f"Fig. {first_fig + p} analogue: {ptitle(pval)}\n{subtitle}", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(
+            f"Fig. {first_fig + p} analogue: {ptitle(pval)}\n{subtitle}\n"
+            "100 (sketch - true) / true; symmetric-log axis",
+            fontsize=9,
+        )
+        # outside the axes: no data point is covered
+        ax.legend(fontsize=LEGEND_SIZE, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         name = f"fig{first_fig + p:02d}_{kind}_{tag}{pval:g}"
         paths.append(
             save_figure(
@@ -130,19 +142,28 @@ def plot_family(
         panel_data[str(pval)] = drawn
     ncols = 3
     nrows = -(-len(panels) // ncols)
-    fig, axes = new_figure(12.0, 3.2 * nrows, nrows=nrows, ncols=ncols, squeeze=False)
+    fig, axes = new_figure(12.0, 3.2 * nrows + 0.9, nrows=nrows, ncols=ncols, squeeze=False)
     for p, pval in enumerate(panels):
         ax = axes[p // ncols][p % ncols]
         draw(ax, p)
-        ax.set_title(ptitle(pval), fontsize=9)
-        if p == 0:
-            ax.legend(fontsize=6)
+        ax.set_title(ptitle(pval), fontsize=LEGEND_SIZE + 1)
+    # one legend for all panels, below them, so that it covers none of their points
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=min(len(labels), 6),
+        fontsize=LEGEND_SIZE,
+        frameon=False,
+    )
     for q in range(len(panels), nrows * ncols):
         axes[q // ncols][q % ncols].set_visible(False)
     last = first_fig + len(panels) - 1
     fig.suptitle(
         f"Figs. {first_fig}-{last} analogue: top-{config.top_k} percent error by "
-        f"{'zero fraction' if by == 'zero_fraction' else 'sketch ratio'}; {subtitle}",
+        f"{'zero fraction' if by == 'zero_fraction' else 'sketch ratio'}; {subtitle}; "
+        f"lines: mean, bands: min to max; y axis symmetric-log",
         fontsize=10,
     )
     paths.append(
@@ -162,7 +183,7 @@ def plot_kinds_overview(
     rows: Sequence[Mapping[str, Any]], config: SketchSyntheticConfig, out: Path
 ) -> Path:
     """Mean |error| against sketch ratio for each kind, one panel per kind, lines per fraction."""
-    fig, axes = new_figure(4.0 * len(config.kinds), 3.4, ncols=len(config.kinds), squeeze=False)
+    fig, axes = new_figure(4.0 * len(config.kinds), 4.2, ncols=len(config.kinds), squeeze=False)
     data: dict[str, Any] = {}
     for ki, kind in enumerate(config.kinds):
         ax = axes[0][ki]
@@ -184,9 +205,16 @@ def plot_kinds_overview(
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("sketch ratio d / n")
         ax.set_ylabel("mean |error| of top-k [%]")
-        ax.set_title(kind, fontsize=9)
-        if ki == 0:
-            ax.legend(fontsize=6)
+        ax.set_title(kind, fontsize=LEGEND_SIZE + 1)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=min(len(labels), 7),
+        fontsize=LEGEND_SIZE,
+        frameon=False,
+    )
     fig.suptitle(
         f"Mean |percent error| of the top {config.top_k}, n={config.n}, "
         f"{config.num_matrices} matrices x {config.num_sketches} sketches, seed {config.seed}",
