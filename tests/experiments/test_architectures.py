@@ -13,7 +13,7 @@ from hessian_spectra.experiments import main
 from hessian_spectra.experiments.architectures import zoo
 from hessian_spectra.experiments.compare_methods.config import CompareConfig
 
-# a cheap compare-methods configuration for an operator of n = 82
+# a cheap compare-methods configuration for an operator of n = 92
 SMALL = CompareConfig(
     k=4,
     sketch_sizes=(10, 20),
@@ -138,3 +138,21 @@ def test_a_zoo_problem_is_trained_and_weighs_its_tokens():
     q = zoo.mlp_cancer(0)
     for a, b in zip(p.model.parameters(), q.model.parameters(), strict=True):
         assert torch.equal(a, b)  # a seed gives the same weights
+
+
+def test_markdown_tables_give_medians_and_ranges_over_seeds(tiny_zoo, tmp_path):
+    cfg = arch.ArchitecturesConfig(architectures=("tiny",), seeds=(0, 1), compare=SMALL)
+    summary = arch.run(cfg, tmp_path, plots=False)
+    text = (tmp_path / "architectures.md").read_text()
+    assert arch.numbers_table(summary) in text and arch.claims_table(summary) in text
+    row = next(line for line in text.splitlines() if line.startswith("| tiny |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "92" and cells[2] == "2"
+    assert cells[3] == "0.550 (0.500-0.600)"
+    lan = [
+        json.loads((tmp_path / "runs" / f"tiny-seed{s}.json").read_text())["methods"]["lanczos"]
+        for s in (0, 1)
+    ]
+    hvps = sorted(r["num_matvecs"] for r in lan)
+    expected = f"{np.median(hvps):.0f}" if hvps[0] == hvps[1] else f"{np.median(hvps):.0f} ("
+    assert cells[5].startswith(expected)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import hessian_spectra as hs
+from hessian_spectra._atomic import atomic_open
 from hessian_spectra._progress import outer_progress
 from hessian_spectra.experiments._io import VERDICTS, machine_info, markdown_table
 from hessian_spectra.experiments.architectures.figures import draw_summary
@@ -116,6 +117,8 @@ def run(cfg: ArchitecturesConfig, out: str | Path, *, plots: bool = True) -> dic
     if plots:
         summary["figures"] = [p.name for p in draw_summary(records, out)]
     write_json(out / SUMMARY_FILE, summary)
+    with atomic_open(out / "architectures.md", "w") as fh:
+        fh.write(numbers_table(summary) + "\n" + claims_table(summary))
     return summary
 
 
@@ -201,6 +204,47 @@ def claims_table(summary: Mapping[str, Any]) -> str:
             + [verdict_cell(entry["by"][n]) if n in entry["by"] else "-" for n in names]
         )
     return markdown_table(rows, ["claim", *names])
+
+
+def _fmt(spread: Mapping[str, float], fmt: str) -> str:
+    """'median (min-max)' of a spread, or the value alone when every seed agrees."""
+    med, lo, hi = (format(spread[k], fmt) for k in ("median", "min", "max"))
+    return med if lo == hi else f"{med} ({lo}-{hi})"
+
+
+def numbers_table(summary: Mapping[str, Any]) -> str:
+    """The markdown table of what each network is and what the methods did on it."""
+    rows = []
+    for name, a in summary["architectures"].items():
+        sk = a["sketch_mean_percent_error"]
+        size = min(int(k.split(":")[1]) for k in sk)
+        rows.append(
+            [
+                name,
+                f"{a['num_parameters']:,}",
+                len(a["seeds"]),
+                _fmt(a["test_accuracy"], ".3f"),
+                _fmt(a["lambda_max"], ".3g"),
+                _fmt(a["lanczos_hvps"], ".0f") + " / " + _fmt(a["power_hvps"], ".0f"),
+                _fmt(a["lanczos_max_error"], ".1e") + " / " + _fmt(a["power_max_error"], ".1e"),
+                " / ".join(
+                    _fmt(sk[f"{kind}:{size}"], "+.1f")
+                    for kind in ("rademacher", "rangefinder", "nystrom")
+                    if f"{kind}:{size}" in sk
+                ),
+            ]
+        )
+    header = [
+        "network",
+        "n",
+        "seeds",
+        "held-out accuracy",
+        "λ1",
+        "HVPs Lanczos / power",
+        "max rel. error Lanczos / power",
+        "sketch mean error %: Rademacher / range finder / Nystrom",
+    ]
+    return markdown_table(rows, header)
 
 
 def report(summary: Mapping[str, Any]) -> str:
