@@ -28,7 +28,8 @@ a core); the figure and the overhead shares use CPU seconds.
 Run: ``nice -n 10 python benchmarks/scaling.py [--quick] [--threads 1]``;
 writes ``benchmarks/results/scaling.json`` (``scaling_quick.json``) and
 ``scaling.png``. ``--quick`` runs a subset (batch 16-128, ResNet20/32 and
-widths 8/16, n up to 10^6).
+widths 8/16, n up to 10^6); ``--batches``, ``--models`` and ``--sizes``
+choose the points (on a busy machine, a few per sweep).
 """
 
 from __future__ import annotations
@@ -331,6 +332,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a subset, 2 repeats")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batches", help=f"comma list (default {BATCHES})")
+    parser.add_argument("--models", help=f"comma list of {list(MODELS)}")
+    parser.add_argument("--sizes", help="comma list of n for the Lanczos sweep (default 1e4..1e7)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument(
         "--markdown", action="store_true", help="print the tables of the last JSON and stop"
@@ -354,11 +358,18 @@ def main() -> int:
     batches = [b for b in BATCHES if b <= 128] if args.quick else list(BATCHES)
     models = ["resnet20_w8", "resnet20", "resnet32"] if args.quick else list(MODELS)
     sizes = [n for n in SIZES if n <= 10**6] if args.quick else list(SIZES)
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",")]
+    if args.models:
+        models = args.models.split(",")
+    if args.sizes:
+        sizes = [int(float(n)) for n in args.sizes.split(",")]
     repeats = 2 if args.quick else args.repeats
     sig = inspect.signature(HessianOperator.__init__).parameters
     payload: dict[str, Any] = {
         "quick": args.quick,
         "command": " ".join(sys.argv),
+        "points": {"batches": batches, "models": models, "sizes": sizes},
         "torch_threads": args.threads,
         "repeats": repeats,
         "operator_defaults": {
