@@ -47,15 +47,15 @@ def reference_spectrum(op: LinearOperator, cfg: CompareConfig) -> dict[str, Any]
         lam, diag, asym = _dense_spectrum(op)
         trace = float(np.sum(diag))
         if cfg.reference_cache:
+            arrays = {
+                "eigenvalues": lam,
+                "diagonal": diag,
+                "trace": trace,
+                "asymmetry": asym,
+                "probe_hvp": _probe_hvp(op),
+            }
             with atomic_open(Path(cfg.reference_cache), "wb") as fh:
-                np.savez(
-                    fh,
-                    eigenvalues=lam,
-                    diagonal=diag,
-                    trace=trace,
-                    asymmetry=asym,
-                    probe_hvp=_probe_hvp(op),
-                )
+                np.savez(fh, **arrays)
         out = _exact_record(lam, trace, asym, cfg)
         out["diagonal"] = diag
         out.update(num_matvecs=op.shape[0], seconds=time.perf_counter() - t0)
