@@ -47,7 +47,7 @@ def reference_spectrum(op: LinearOperator, cfg: CompareConfig) -> dict[str, Any]
         lam, diag, asym = _dense_spectrum(op)
         trace = float(np.sum(diag))
         if cfg.reference_cache:
-            arrays = {
+            arrays: dict[str, Any] = {
                 "eigenvalues": lam,
                 "diagonal": diag,
                 "trace": trace,
