@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from hessian_spectra.operators import DenseOperator
 
@@ -37,3 +38,24 @@ def dense_op(
     return DenseOperator(
         matrix_with_spectrum(np.asarray(eigenvalues, dtype=float), seed), dtype=dtype
     )
+
+
+def bn_cnn() -> nn.Module:
+    """A float64 Conv-BatchNorm-Tanh-Linear net (seed 1) in eval mode, on (2, 4, 4) inputs.
+
+    Its BatchNorm has non-trivial running statistics, which a kept gradient
+    graph saves, so tests of graph reuse see them.
+    """
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(48, 3),
+    ).double()
+    bn = model[1]
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(3) * 0.3)
+        bn.running_var.copy_(torch.rand(3) + 0.5)
+    return model.eval()

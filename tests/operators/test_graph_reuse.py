@@ -11,24 +11,12 @@ from torch import nn
 
 from hessian_spectra.operators.ggn import GGNOperator
 from hessian_spectra.operators.hessian import HessianOperator
+from tests.helpers import bn_cnn
 
 CE = nn.CrossEntropyLoss()
 
 
-def make_cnn() -> nn.Module:
-    torch.manual_seed(1)
-    model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1),
-        nn.BatchNorm2d(3),
-        nn.Tanh(),
-        nn.Flatten(),
-        nn.Linear(48, 3),
-    ).double()
-    bn = model[1]
-    with torch.no_grad():  # non-trivial eval-mode statistics (saved by the graph)
-        bn.running_mean.copy_(torch.randn(3) * 0.3)
-        bn.running_var.copy_(torch.rand(3) + 0.5)
-    return model.eval()
+make_cnn = bn_cnn  # non-trivial eval-mode BatchNorm statistics (saved by the graph)
 
 
 def make_data(n: int = 24):

@@ -10,6 +10,7 @@ from torch import nn
 
 from hessian_spectra.operators.hessian import HessianOperator
 from hessian_spectra.operators.products import BLOCK_MODES, auto_mode
+from tests.helpers import bn_cnn
 
 CE = nn.CrossEntropyLoss()
 MODES = (*BLOCK_MODES, "auto")
@@ -20,19 +21,7 @@ def make_mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.LayerNorm(6), nn.Linear(6, 3)).double()
 
 
-def make_cnn() -> nn.Module:
-    torch.manual_seed(1)
-    model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1),
-        nn.BatchNorm2d(3),
-        nn.Tanh(),
-        nn.Flatten(),
-        nn.Linear(48, 3),
-    ).double()
-    with torch.no_grad():
-        model[1].running_mean.copy_(torch.randn(3) * 0.3)
-        model[1].running_var.copy_(torch.rand(3) + 0.5)
-    return model.eval()
+make_cnn = bn_cnn  # non-trivial eval-mode BatchNorm statistics (saved by the graph)
 
 
 PROBLEMS = {"mlp": (make_mlp, (5,)), "cnn": (make_cnn, (2, 4, 4))}
