@@ -34,6 +34,15 @@ from hessian_spectra.experiments.sketch_synthetic.measures import (
 ROUNDING_PERCENT = 1e-7
 
 
+def _falls_along(rows: np.ndarray) -> tuple[list[bool], list[bool], list[bool]]:
+    """A trend along each row: whether each step (all rows, in order) falls, whether each row's last
+    value is below its first, whether each row falls at every step."""
+    steps = [bool(x) for row in rows for x in np.diff(row) < 0]
+    ends = [bool(row[-1] < row[0]) for row in rows]
+    monotone = [bool(np.all(np.diff(row) < 0)) for row in rows]
+    return steps, ends, monotone
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -67,8 +76,7 @@ def _study_claims(arr: np.ndarray, fr: list[float], ra: list[float]) -> list[Cla
     )
     grid = mean_abs_grid(arr)
     # error falls with size: along each zero fraction (rows of the grid)
-    size_steps = [bool(x) for fi in range(len(fr)) for x in np.diff(grid[fi]) < 0]
-    size_ends = [bool(grid[fi, -1] < grid[fi, 0]) for fi in range(len(fr))]
+    size_steps, size_ends, size_monotone = _falls_along(grid)
     claims.append(
         Claim(
             key="error_falls_with_size",
@@ -81,16 +89,13 @@ def _study_claims(arr: np.ndarray, fr: list[float], ra: list[float]) -> list[Cla
                 "mean_abs_percent_error": grid.tolist(),
                 "steps_falling": int(sum(size_steps)),
                 "num_steps": len(size_steps),
-                "monotone_per_zero_fraction": [
-                    bool(np.all(np.diff(grid[fi]) < 0)) for fi in range(len(fr))
-                ],
+                "monotone_per_zero_fraction": size_monotone,
             },
             numbers=f"falls at {sum(size_steps)} of {len(size_steps)} steps",
         )
     )
     # error falls with singularity: along each ratio (columns of the grid)
-    sing_steps = [bool(x) for ri in range(len(ra)) for x in np.diff(grid[:, ri]) < 0]
-    sing_ends = [bool(grid[-1, ri] < grid[0, ri]) for ri in range(len(ra))]
+    sing_steps, sing_ends, sing_monotone = _falls_along(grid.T)
     gain = [float(grid[0, ri] / grid[-1, ri]) for ri in range(len(ra))]
     failing = [
         f"{100 * fr[fi]:.0f}->{100 * fr[fi + 1]:.0f}%"
@@ -109,9 +114,7 @@ def _study_claims(arr: np.ndarray, fr: list[float], ra: list[float]) -> list[Cla
                 "mean_abs_percent_error": grid.tolist(),
                 "steps_falling": int(sum(sing_steps)),
                 "num_steps": len(sing_steps),
-                "monotone_per_ratio": [
-                    bool(np.all(np.diff(grid[:, ri]) < 0)) for ri in range(len(ra))
-                ],
+                "monotone_per_ratio": sing_monotone,
                 "most_singular_below_least_singular_per_ratio": sing_ends,
                 "least_over_most_singular_per_ratio": gain,
                 "steps_rising_somewhere": failing,
