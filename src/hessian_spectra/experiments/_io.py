@@ -160,3 +160,14 @@ def markdown_table(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
 #: palette (`save_figure(..., dpi=FIGURE_DPI, palette=True)`) to stay small
 #: enough to keep in docs/figures.
 FIGURE_DPI = 80
+
+
+def verdict_cell(counts: Mapping[str, int]) -> str:
+    """'holds 5/5', or the verdicts with their counts ('3 holds, 2 partly')."""
+    total = sum(counts.values())
+    seen = {v: c for v, c in counts.items() if c}
+    if len(seen) == 1:
+        ((verdict, c),) = seen.items()
+        return f"{verdict} {c}/{total}"
+    short = {"holds": "holds", "holds partly": "partly", "does not hold": "not"}
+    return ", ".join(f"{c} {short.get(v, v)}" for v, c in seen.items())

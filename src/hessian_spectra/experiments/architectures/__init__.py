@@ -32,7 +32,7 @@ import numpy as np
 import hessian_spectra as hs
 from hessian_spectra._atomic import atomic_open
 from hessian_spectra._progress import outer_progress
-from hessian_spectra.experiments._io import VERDICTS, machine_info, markdown_table
+from hessian_spectra.experiments._io import VERDICTS, machine_info, markdown_table, verdict_cell
 from hessian_spectra.experiments.architectures.figures import draw_summary
 from hessian_spectra.experiments.architectures.zoo import ARCHITECTURES
 from hessian_spectra.experiments.compare_methods.config import CompareConfig
@@ -90,8 +90,15 @@ def _run_one(name: str, seed: int, compare: CompareConfig) -> dict[str, Any]:
     return record
 
 
-def run(cfg: ArchitecturesConfig, out: str | Path, *, plots: bool = True) -> dict[str, Any]:
-    """Every (architecture, seed) run (resuming finished ones), then the summary and figure."""
+def run(
+    cfg: ArchitecturesConfig, out: str | Path, *, plots: bool = True, new_runs: bool = True
+) -> dict[str, Any]:
+    """Every (architecture, seed) run (resuming finished ones), then the summary and figure.
+
+    With ``new_runs=False`` nothing is trained: the summary covers the runs of
+    `cfg` already under `out` (say, while other processes are still running
+    the rest).
+    """
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
@@ -104,12 +111,20 @@ def run(cfg: ArchitecturesConfig, out: str | Path, *, plots: bool = True) -> dic
             wanted = asdict(replace(cfg.compare, seed=seed, reference="exact"))
             record = _read(path)
             if record is None or _jsonable(record.get("config")) != _jsonable(wanted):
+                if not new_runs:
+                    bar.update(1)
+                    continue
                 record = _run_one(name, seed, cfg.compare)
                 write_json(path, record)
                 record = _read(path)
                 assert record is not None
             records.append(record)
             bar.update(1)
+    if not records:
+        raise ValueError(
+            f"no finished run of these architectures and seeds under {out / 'runs'}; "
+            "run them first (without --summarize-only)"
+        )
     summary = summarize(records)
     summary["config"] = asdict(cfg)
     summary["seconds"] = time.perf_counter() - t0
@@ -180,18 +195,19 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 key: _spread([s[key]["mean_percent_error"] for s in sk]) for key in sk[0]
             },
         }
-    return {"claims": claims, "architectures": numbers, "num_runs": len(records)}
-
-
-def verdict_cell(counts: Mapping[str, int]) -> str:
-    """'holds 5/5', or the verdicts with their counts ('3 holds, 2 partly')."""
-    total = sum(counts.values())
-    seen = {v: c for v, c in counts.items() if c}
-    if len(seen) == 1:
-        ((verdict, c),) = seen.items()
-        return f"{verdict} {c}/{total}"
-    short = {"holds": "holds", "holds partly": "partly", "does not hold": "not"}
-    return ", ".join(f"{c} {short.get(v, v)}" for v, c in seen.items())
+    return {
+        "claims": claims,
+        "architectures": numbers,
+        "num_runs": len(records),
+        # what the runs cost when they ran (a resumed experiment's own wall time is less)
+        "run_seconds": {
+            "total": float(sum(r.get("seconds", 0.0) for r in records)),
+            "by_architecture": {
+                name: _spread([r.get("seconds", 0.0) for r in runs])
+                for name, runs in by_arch.items()
+            },
+        },
+    }
 
 
 def claims_table(summary: Mapping[str, Any]) -> str:
@@ -273,6 +289,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--k", type=int, default=d.compare.k, help=f"eigenvalues wanted (default {d.compare.k})")
     a("--out", default="out/architectures", help="output folder (runs are kept and resumed)")
     a("--no-plots", action="store_true", help="write the JSON only")
+    a(
+        "--summarize-only",
+        action="store_true",
+        help="train nothing: summarize the runs already under --out",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ArchitecturesConfig:
@@ -290,7 +311,7 @@ def config_from_args(args: argparse.Namespace) -> ArchitecturesConfig:
 def main(args: argparse.Namespace) -> int:
     """Entry point of `experiment architectures`; returns the exit code."""
     cfg = config_from_args(args)
-    summary = run(cfg, args.out, plots=not args.no_plots)
+    summary = run(cfg, args.out, plots=not args.no_plots, new_runs=not args.summarize_only)
     sys.stdout.write(report(summary))
     sys.stdout.write(f"outputs in {Path(args.out).resolve()}\n")
     return 0

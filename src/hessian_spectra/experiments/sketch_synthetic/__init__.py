@@ -21,7 +21,7 @@ from typing import Any
 from hessian_spectra._atomic import write_text
 from hessian_spectra._progress import outer_progress
 from hessian_spectra.experiments._io import write_csv
-from hessian_spectra.experiments.sketch_synthetic.claims import evaluate_claims
+from hessian_spectra.experiments.sketch_synthetic.claims import evaluate_claims, seeds_table
 from hessian_spectra.experiments.sketch_synthetic.config import (
     KINDS,
     SMALL,
@@ -61,6 +61,7 @@ __all__ = [
     "report",
     "rows_from_csv",
     "run",
+    "seeds_table",
     "write_outputs",
 ]
 

@@ -18,9 +18,12 @@ import numpy as np
 from hessian_spectra.experiments._io import (
     FAILS,
     HOLDS,
+    VERDICTS,
     Claim,
+    markdown_table,
     share_verdict,
     trend_verdict,
+    verdict_cell,
 )
 from hessian_spectra.experiments.sketch_synthetic.config import SketchSyntheticConfig
 from hessian_spectra.experiments.sketch_synthetic.measures import (
@@ -224,3 +227,19 @@ def evaluate_claims(
                 )
             )
     return claims
+
+
+def seeds_table(runs: Mapping[int, Sequence[Mapping[str, Any]]]) -> str:
+    """The markdown table of each claim's verdicts over full runs of several seeds.
+
+    Args:
+        runs: per seed, the claims of its run as written in its claims file
+            (``claims.json``'s ``"claims"``: dicts with ``key`` and ``verdict``).
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for claims in runs.values():
+        for c in claims:
+            counts.setdefault(c["key"], {v: 0 for v in VERDICTS})[c["verdict"]] += 1
+    seeds = ", ".join(str(s) for s in sorted(runs))
+    rows = [[f"`{key}`", verdict_cell(c)] for key, c in counts.items()]
+    return markdown_table(rows, ["claim", f"verdicts over seeds {seeds}"])
