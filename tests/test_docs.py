@@ -171,5 +171,26 @@ def test_reproduction_numbers_come_from_the_result_files() -> None:
             f"{c['num_negative']:,} ({_pct(c['num_negative'] / c['num_errors'], 1)}) are "
             f"negative, down to {c['min_percent_error']:.0f}%"
         )
+    # the five full synthetic runs: the ranges the over-seeds paragraph quotes
+    runs = [
+        {c["key"]: c["evidence"] for c in _json(rel)["claims"]}
+        for rel in ["docs/figures/sketch-synthetic-claims.json"]
+        + [f"docs/figures/sketch-synthetic-seed{s}-claims.json" for s in range(1, 5)]
+    ]
+    neg = [r["always_overestimates"] for r in runs]
+    shares = [100 * e["num_negative"] / e["num_errors"] for e in neg]
+    lows = [e["min_percent_error"] for e in neg]
+    expected["five seeds negative"] = (
+        f"{min(shares):.1f}% to {max(shares):.1f}% of the\n21,600 Rademacher errors are negative"
+    )
+    expected["five seeds lows"] = f"(the most negative {max(lows):.0f}% to\n{min(lows):.0f}%)"
+    series = [r["larger_eigenvalues_smaller_error"]["series_holding"] for r in runs]
+    expected["five seeds series"] = f"in {min(series)} to {max(series)} of the 36 series"
+    above = max(
+        r[k]["max_percent_error"]
+        for r in runs
+        for k in ("rangefinder_never_overestimates", "nystrom_never_overestimates")
+    )
+    expected["five seeds above"] = f"(largest {above:+.1e}%,\nrounding)"
     missing = {k: v for k, v in expected.items() if v not in doc}
     assert not missing, f"docs/reproduction.md numbers that differ from their JSON: {missing}"

@@ -275,3 +275,40 @@ def test_module_runs_as_a_program(monkeypatch, capsys):
         runpy.run_module("hessian_spectra.experiments", run_name="__main__")
     assert exc.value.code == 0
     assert "--zero-fractions" in capsys.readouterr().out
+
+
+def _claims_file(seed: int) -> Path:
+    name = (
+        "sketch-synthetic-claims.json" if seed == 0 else f"sketch-synthetic-seed{seed}-claims.json"
+    )
+    return DOC.parent / "figures" / name
+
+
+def test_seeds_table_counts_each_claims_verdicts():
+    runs = {
+        0: [{"key": "a", "verdict": "holds"}, {"key": "b", "verdict": "holds partly"}],
+        1: [{"key": "a", "verdict": "holds"}, {"key": "b", "verdict": "does not hold"}],
+    }
+    table = ss.seeds_table(runs)
+    assert "| `a` | holds 2/2 |" in table
+    assert "| `b` | 1 partly, 1 not |" in table
+    assert "seeds 0, 1" in table
+
+
+def test_document_states_the_verdicts_over_five_full_runs():
+    # the over-seeds table of docs/reproduction.md is the one the five committed
+    # full runs' claims files give, and each of them is a full run of its seed
+    runs = {}
+    for seed in range(5):
+        run = json.loads(
+            _claims_file(seed)
+            .with_name(_claims_file(seed).name.replace("claims", "run"))
+            .read_text()
+        )
+        assert run["config"]["seed"] == seed and run["config"]["n"] == 1000
+        assert run["num_sketches_per_kind"] == 1080
+        runs[seed] = json.loads(_claims_file(seed).read_text())["claims"]
+    text = DOC.read_text()
+    start = text.index("<!-- synthetic-seeds -->") + len("<!-- synthetic-seeds -->")
+    block = text[start : text.index("<!-- /synthetic-seeds -->")].strip()
+    assert block == ss.seeds_table(runs).strip()
