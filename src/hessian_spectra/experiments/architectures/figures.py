@@ -30,7 +30,7 @@ def draw_summary(records: Sequence[Mapping[str, Any]], out: str | Path) -> list[
     x = np.arange(len(names))
     data: dict[str, Any] = {"architectures": names, "hvps": {}, "errors": {}, "sketches": {}}
     with style():
-        fig, axes = new_figure(7.0, 7.8, nrows=3, sharex=True)
+        fig, axes = new_figure(7.0, 8.4, nrows=3, sharex=True)
         for j, (method, marker, shift) in enumerate(
             (("lanczos", "o", -0.12), ("power", "s", 0.12))
         ):
@@ -49,7 +49,8 @@ def draw_summary(records: Sequence[Mapping[str, Any]], out: str | Path) -> list[
                 )
         axes[0].set_yscale("log")
         axes[0].set_ylabel("HVPs for the top k")
-        axes[0].legend(loc="upper left", fontsize="small")
+        # between the two groups of points (Lanczos below 10^2, power iteration above)
+        axes[0].legend(loc="center left", fontsize="small")
         axes[1].set_yscale("log")
         axes[1].set_ylabel("max relative error")
         size = min(e["size"] for e in records[0]["sketches"].values())
@@ -64,11 +65,19 @@ def draw_summary(records: Sequence[Mapping[str, Any]], out: str | Path) -> list[
                 axes[2].plot([pos] * len(vals[i]), vals[i], "^v<"[j], color=f"C{j + 2}", **kw)
         axes[2].axhline(0.0, color="0.5", lw=0.8)
         axes[2].set_yscale("symlog", linthresh=1.0)
+        every = [v for vals in data["sketches"].values() for seed_vals in vals for v in seed_vals]
+        if every:  # every point inside the axes, with room on both sides
+            lo, hi = min(min(every), -1.0), max(max(every), 1.0)
+            axes[2].set_ylim(lo * 2.0 if lo < 0 else lo, hi * 2.0)
         axes[2].set_ylabel("sketch: mean error of the top k (%)\n(symlog axis)")
-        axes[2].legend(loc="lower left", fontsize="small", ncol=3)
         axes[2].set_xticks(x, names, rotation=20)
+        # below the tick labels, where it covers no point
+        axes[2].legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.32), fontsize="small", ncol=3
+        )
         seeds = max(len(v) for v in runs.values())
         fig.suptitle(
-            f"{len(names)} networks, up to {seeds} training seeds each (one point per seed)"
+            f"{len(names)} networks, up to {seeds} training seed{'s' if seeds > 1 else ''} "
+            "each (one point per seed)"
         )
     return [save_figure(fig, Path(out) / "architectures.png", data, dpi=FIGURE_DPI, palette=True)]
