@@ -171,6 +171,10 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 )
                 counts = entry["by"].setdefault(name, {v: 0 for v in VERDICTS})
                 counts[c["verdict"]] += 1
+                # what each verdict rests on, seed by seed (the runs' own words)
+                entry.setdefault("numbers", {}).setdefault(name, []).append(
+                    {"seed": r["problem"]["seed"], "verdict": c["verdict"], "numbers": c["numbers"]}
+                )
     numbers: dict[str, dict[str, Any]] = {}
     for name, runs in by_arch.items():
         m = [r["methods"] for r in runs]
