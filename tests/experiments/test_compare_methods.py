@@ -3,6 +3,7 @@
 import argparse
 import json
 import pickle
+from math import erfc, sqrt
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import hessian_spectra as hs
 from hessian_spectra.experiments import compare_methods as cm
 from hessian_spectra.experiments import main, register
-from hessian_spectra.experiments._io import Claim, share_verdict, trend_verdict
+from hessian_spectra.experiments._io import Claim, kendall_trend, share_verdict, trend_verdict
 from hessian_spectra.experiments.compare_methods.claims import study_shift_check
 from hessian_spectra.experiments.compare_methods.config import config_from_args
 from hessian_spectra.experiments.compare_methods.costs import probe_variances
@@ -43,6 +44,31 @@ def test_reference_is_the_exact_spectrum(dense_record):
     np.testing.assert_allclose(ref["top"], STUDY_TOP20, rtol=1e-10)
     assert ref["trace"] == pytest.approx(float(np.sum(m.eigenvalues)), rel=1e-10)
     assert ref["num_negative"] == int(np.sum(m.eigenvalues < 0))
+
+
+def test_kendall_trend_is_kendalls_tau_with_its_normal_z():
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        v = rng.permutation(20).astype(float)
+        tau, z = kendall_trend(v)
+        ref = kendalltau(np.arange(20), v, method="asymptotic")
+        assert tau == pytest.approx(ref.statistic, abs=1e-12)
+        # z is the normal approximation scipy's asymptotic p-value comes from
+        assert erfc(abs(z) / sqrt(2)) == pytest.approx(ref.pvalue, rel=1e-9)
+    tau, z = kendall_trend(np.arange(20.0))
+    assert tau == 1.0 and z == pytest.approx(3 * sqrt(380) / sqrt(2 * 45))
+
+
+def test_power_cost_trend_is_judged_by_rank_not_by_steps():
+    # a series that rises at under half of its steps but costs more later, as the
+    # networks' power iterations do, is a trend; one in no order is not
+    per = [16, 5, 5, 11, 8, 6, 28, 23, 18, 16, 15, 11, 13, 13, 19, 14, 17, 33, 17, 21]
+    tau, z = kendall_trend(per)
+    steps = sum(b > a for a, b in zip(per[:-1], per[1:]))
+    assert 2 * steps < len(per) - 1 and z > 1.645
+    assert abs(kendall_trend([5, 9, 2, 8, 3, 7, 4, 6, 1, 10])[1]) < 1.645
 
 
 def test_lanczos_exact_power_costly_and_charged_per_eigenvalue(dense_record):

@@ -7,6 +7,7 @@ JSON goes through `hessian_spectra.results.write_json` and figures through
 from __future__ import annotations
 
 import csv
+import math
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
@@ -86,6 +87,25 @@ def trend_verdict(steps: Sequence[bool], ends: Sequence[bool]) -> str:
     if ends and all(ends) and 2 * sum(steps) >= len(steps):
         return PARTLY
     return FAILS
+
+
+def kendall_trend(values: Sequence[float]) -> tuple[float, float]:
+    """Kendall's tau between position and value, and its z score under no trend.
+
+    For a noisy series (HVPs per eigenvalue), whether it rises at each step
+    says little (a series in random order rises at about half of its steps);
+    tau counts every pair of positions, and z = 3 tau sqrt(m (m - 1)) /
+    sqrt(2 (2m + 5)) is its normal approximation for m values without ties.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    m = len(v)
+    if m < 2:
+        return 0.0, 0.0
+    i, j = np.triu_indices(m, 1)
+    s = float(np.sign(v[j] - v[i]).sum())
+    tau = s / (m * (m - 1) / 2)
+    z = 3.0 * tau * math.sqrt(m * (m - 1)) / math.sqrt(2.0 * (2 * m + 5))
+    return tau, z
 
 
 def share_verdict(ok: Sequence[bool]) -> str:

@@ -35,6 +35,7 @@ from hessian_spectra._progress import outer_progress
 from hessian_spectra.experiments._io import VERDICTS, machine_info, markdown_table, verdict_cell
 from hessian_spectra.experiments.architectures.figures import draw_summary
 from hessian_spectra.experiments.architectures.zoo import ARCHITECTURES
+from hessian_spectra.experiments.compare_methods.claims import evaluate_claims
 from hessian_spectra.experiments.compare_methods.config import CompareConfig
 from hessian_spectra.experiments.compare_methods.measures import measure
 from hessian_spectra.results import write_json
@@ -156,16 +157,30 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
 
 
+def current_claims(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The claims of a run's record as the current `evaluate_claims` judges them.
+
+    A run keeps the claims it was written with; judging them again from its
+    measurements lets a summary of runs made over several versions apply one
+    rule to all (the measurements do not change, a verdict's rule may).
+    """
+    cfg = CompareConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()}
+    )
+    return [c.to_dict() for c in evaluate_claims(record, cfg)]
+
+
 def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per claim, the verdict counts on each architecture over its seeds; per architecture,
-    the spread over seeds of the numbers the claims rest on."""
+    """Per claim, the verdict counts on each architecture over its seeds (judged by the
+    current rules, `current_claims`); per architecture, the spread over seeds of the
+    numbers the claims rest on."""
     by_arch: dict[str, list[Mapping[str, Any]]] = {}
     for r in records:
         by_arch.setdefault(r["problem"]["architecture"], []).append(r)
     claims: dict[str, dict[str, Any]] = {}
     for name, runs in by_arch.items():
         for r in runs:
-            for c in r["claims"]:
+            for c in current_claims(r):
                 entry = claims.setdefault(
                     c["key"], {"statement": c["statement"], "source": c["source"], "by": {}}
                 )

@@ -72,9 +72,7 @@ def draw_summary(records: Sequence[Mapping[str, Any]], out: str | Path) -> list[
         axes[2].set_ylabel("sketch: mean error of the top k (%)\n(symlog axis)")
         axes[2].set_xticks(x, names, rotation=20)
         # below the tick labels, where it covers no point
-        axes[2].legend(
-            loc="upper center", bbox_to_anchor=(0.5, -0.32), fontsize="small", ncol=3
-        )
+        axes[2].legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), fontsize="small", ncol=3)
         seeds = max(len(v) for v in runs.values())
         fig.suptitle(
             f"{len(names)} networks, up to {seeds} training seed{'s' if seeds > 1 else ''} "
