@@ -66,7 +66,7 @@ def test_power_cost_trend_is_judged_by_rank_not_by_steps():
     # networks' power iterations do, is a trend; one in no order is not
     per = [16, 5, 5, 11, 8, 6, 28, 23, 18, 16, 15, 11, 13, 13, 19, 14, 17, 33, 17, 21]
     tau, z = kendall_trend(per)
-    steps = sum(b > a for a, b in zip(per[:-1], per[1:]))
+    steps = sum(b > a for a, b in zip(per[:-1], per[1:], strict=True))
     assert 2 * steps < len(per) - 1 and z > 1.645
     assert abs(kendall_trend([5, 9, 2, 8, 3, 7, 4, 6, 1, 10])[1]) < 1.645
 

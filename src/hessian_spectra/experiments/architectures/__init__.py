@@ -164,9 +164,10 @@ def current_claims(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     measurements lets a summary of runs made over several versions apply one
     rule to all (the measurements do not change, a verdict's rule may).
     """
-    cfg = CompareConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()}
-    )
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()
+    }
+    cfg = CompareConfig(**fields)
     return [c.to_dict() for c in evaluate_claims(record, cfg)]
 
 
