@@ -1,6 +1,7 @@
 """experiment architectures: resumable runs over (architecture, seed), the verdict table."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +82,11 @@ def test_runs_are_written_resumed_and_redone_when_settings_change(tiny_zoo, tmp_
 def test_summary_counts_each_claims_verdicts_over_seeds(tiny_zoo, tmp_path):
     cfg = arch.ArchitecturesConfig(architectures=("tiny",), seeds=(0, 1, 2), compare=SMALL)
     summary = arch.run(cfg, tmp_path, plots=True)
-    assert (tmp_path / "architectures.png").is_file()
+    assert (tmp_path / "architectures-methods.png").is_file()
+    # the figure's data beside it, not over the summary of the same folder
+    drawn = json.loads((tmp_path / "architectures-methods.json").read_text())
+    assert drawn["figure"] == "architectures-methods.png" and drawn["architectures"] == ["tiny"]
+    assert json.loads((tmp_path / "architectures.json").read_text())["num_runs"] == 3
     runs = [json.loads((tmp_path / "runs" / f"tiny-seed{s}.json").read_text()) for s in range(3)]
     for key, entry in summary["claims"].items():
         counts = entry["by"]["tiny"]
@@ -93,6 +98,13 @@ def test_summary_counts_each_claims_verdicts_over_seeds(tiny_zoo, tmp_path):
                 for cl in r["claims"]
                 if cl["key"] == key and cl["verdict"] == verdict
             )
+        # and the numbers each seed's verdict rests on, as the run wrote them
+        assert entry["numbers"]["tiny"] == [
+            {"seed": s, "verdict": cl["verdict"], "numbers": cl["numbers"]}
+            for s, r in enumerate(runs)
+            for cl in r["claims"]
+            if cl["key"] == key
+        ]
     acc = summary["architectures"]["tiny"]["test_accuracy"]
     assert (acc["min"], acc["median"], acc["max"]) == pytest.approx((0.5, 0.6, 0.7))
     hvps = [r["methods"]["lanczos"]["num_matvecs"] for r in runs]
@@ -109,6 +121,33 @@ def test_verdict_cells_and_table():
     }
     table = arch.claims_table(summary)
     assert "| `c1` (study) | 1 holds, 1 not | - |" in table
+
+
+def test_summarize_only_trains_nothing_and_covers_the_finished_runs(tiny_zoo, tmp_path):
+    arch.run(arch.ArchitecturesConfig(("tiny",), (0,), SMALL), tmp_path, plots=False)
+    # seed 1 is not finished (another process may still be running it)
+    cfg = arch.ArchitecturesConfig(architectures=("tiny",), seeds=(0, 1), compare=SMALL)
+    summary = arch.run(cfg, tmp_path, plots=False, new_runs=False)
+    assert tiny_zoo == [0]
+    assert summary["num_runs"] == 1 and summary["architectures"]["tiny"]["seeds"] == [0]
+    with pytest.raises(ValueError, match="no finished run"):
+        arch.run(arch.ArchitecturesConfig(("tiny",), (5,), SMALL), tmp_path, new_runs=False)
+
+
+def test_summary_judges_every_run_by_the_current_rules(tiny_zoo, tmp_path):
+    cfg = arch.ArchitecturesConfig(architectures=("tiny",), seeds=(0,), compare=SMALL)
+    first = arch.run(cfg, tmp_path, plots=False)
+    path = tmp_path / "runs" / "tiny-seed0.json"
+    rec = json.loads(path.read_text())
+    # a run written under another rule: its stored verdicts differ, its measurements not
+    for c in rec["claims"]:
+        c["verdict"], c["numbers"] = "does not hold", "old rule"
+    path.write_text(json.dumps(rec))
+    again = arch.run(cfg, tmp_path, plots=False, new_runs=False)
+    assert again["claims"] == first["claims"]
+    assert [c["verdict"] for c in arch.current_claims(rec)] == [
+        first["claims"][c["key"]]["numbers"]["tiny"][0]["verdict"] for c in rec["claims"]
+    ]
 
 
 def test_command_line_checks_its_options(tmp_path, capsys):
@@ -156,3 +195,42 @@ def test_markdown_tables_give_medians_and_ranges_over_seeds(tiny_zoo, tmp_path):
     hvps = sorted(r["num_matvecs"] for r in lan)
     expected = f"{np.median(hvps):.0f}" if hvps[0] == hvps[1] else f"{np.median(hvps):.0f} ("
     assert cells[5].startswith(expected)
+
+
+def test_summary_adds_up_what_the_runs_cost(tiny_zoo, tmp_path):
+    cfg = arch.ArchitecturesConfig(architectures=("tiny",), seeds=(0, 1), compare=SMALL)
+    summary = arch.run(cfg, tmp_path, plots=False)
+    costs = [json.loads((tmp_path / "runs" / f"tiny-seed{s}.json").read_text())["seconds"]
+             for s in (0, 1)]  # fmt: skip
+    assert summary["run_seconds"]["total"] == pytest.approx(sum(costs), rel=1e-12)
+    assert summary["run_seconds"]["by_architecture"]["tiny"]["max"] == max(costs)
+    # a resumed experiment still reports what its runs cost when they ran
+    again = arch.run(cfg, tmp_path, plots=False)
+    assert again["run_seconds"]["total"] == summary["run_seconds"]["total"]
+    assert again["seconds"] < summary["seconds"]
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "reproduction.md"
+SUMMARY = DOC.parent / "figures" / "architectures-summary.json"
+
+
+def _block(text: str, name: str) -> str:
+    start = text.index(f"<!-- architectures:{name} -->") + len(f"<!-- architectures:{name} -->")
+    return text[start : text.index(f"<!-- /architectures:{name} -->")].strip()
+
+
+def test_robustness_section_is_the_committed_summary():
+    # docs/reproduction.md's robustness tables are those of the committed summary,
+    # as printed, so that they cannot drift from the runs they come from
+    summary = json.loads(SUMMARY.read_text())
+    doc = DOC.read_text()
+    assert _block(doc, "numbers") == arch.numbers_table(summary).strip()
+    assert _block(doc, "claims") == arch.claims_table(summary).strip()
+    seeds = {len(a["seeds"]) for a in summary["architectures"].values()}
+    runs = summary["num_runs"]
+    assert f"{len(summary['architectures'])} networks" in doc
+    assert f"{runs} trained models" in doc
+    assert all(f"{s} seeds" in doc or f"{s} seed" in doc for s in seeds)
+    assert f"{summary['run_seconds']['total'] / 3600:.1f} hours" in doc or (
+        f"{summary['run_seconds']['total'] / 60:.0f} minutes" in doc
+    )
