@@ -78,4 +78,8 @@ def draw_summary(records: Sequence[Mapping[str, Any]], out: str | Path) -> list[
             f"{len(names)} networks, up to {seeds} training seed{'s' if seeds > 1 else ''} "
             "each (one point per seed)"
         )
-    return [save_figure(fig, Path(out) / "architectures-methods.png", data, dpi=FIGURE_DPI, palette=True)]
+    return [
+        save_figure(
+            fig, Path(out) / "architectures-methods.png", data, dpi=FIGURE_DPI, palette=True
+        )
+    ]
