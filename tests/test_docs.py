@@ -192,9 +192,7 @@ def test_reproduction_numbers_come_from_the_result_files() -> None:
         for k in ("rangefinder_never_overestimates", "nystrom_never_overestimates")
     )
     expected["five seeds above"] = f"(largest {above:+.1e}%,\nrounding)"
-    took = [
-        _json(f"docs/figures/sketch-synthetic-seed{s}-run.json")["seconds"] for s in (2, 3, 4)
-    ]
+    took = [_json(f"docs/figures/sketch-synthetic-seed{s}-run.json")["seconds"] for s in (2, 3, 4)]
     expected["five seeds seconds"] = f"took {took[0]:.0f} s, {took[1]:.0f} s and {took[2]:.0f} s"
     missing = {k: v for k, v in expected.items() if v not in doc}
     assert not missing, f"docs/reproduction.md numbers that differ from their JSON: {missing}"
