@@ -32,7 +32,6 @@ import argparse
 import copy
 import inspect
 import json
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse.linalg as sla
 import torch
-from common import write_json
+from common import median_seconds, write_json
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -197,12 +196,8 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, Any, dict]]] = {
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+    """Median CPU seconds of `fn()` (no warm-up: the callers have made a first call)."""
+    return median_seconds(fn, repeats, warmup=0, clock=time.process_time)["median"]
 
 
 def _operator(model: nn.Module, data: Any, options: dict, **more: Any) -> HessianOperator:

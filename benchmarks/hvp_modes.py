@@ -47,6 +47,7 @@ from common import (
     digits_problem,
     exact_digits_spectrum,
     machine,
+    median_seconds,
     pyhessian_available,
     resnet20_problem,
     write_json,
@@ -169,10 +170,10 @@ def try_compile(limit_s: int, repeats: int) -> dict[str, Any]:
     def hvp(p: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> Any:
         return jvp(grad(loss), (p,), (t,))[1]
 
-    eager = median(lambda: hvp(params, v), repeats)
+    eager = median_seconds(lambda: hvp(params, v), repeats)["median"]
     op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), check_deterministic=False)
     flat = op.flatten(v)
-    kept = median(lambda: op.matvec(flat), repeats)
+    kept = median_seconds(lambda: op.matvec(flat), repeats)["median"]
 
     def alarm(*_: Any) -> None:
         raise _Timeout
@@ -191,7 +192,7 @@ def try_compile(limit_s: int, repeats: int) -> dict[str, Any]:
             "compile_s": compile_s,
             "eager_s": eager,
             "ours_kept_graph_s": kept,
-            "compiled_s": median(lambda: compiled(params, v), repeats),
+            "compiled_s": median_seconds(lambda: compiled(params, v), repeats)["median"],
             "rel_diff": agree,
         }
     except _Timeout:
@@ -206,16 +207,6 @@ def try_compile(limit_s: int, repeats: int) -> dict[str, Any]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-
-
-def median(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def eigen_error(k: int = 10) -> dict[str, Any]:

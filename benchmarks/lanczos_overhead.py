@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import resnet20_problem, write_json
+from common import median_seconds, resnet20_problem, write_json
 
 import hessian_spectra as hs
 from hessian_spectra.algorithms.lanczos import LanczosProcess
@@ -140,16 +139,11 @@ def hvp_cost_per_param(repeats: int = 5) -> tuple[float, str]:
     is set against."""
     model, crit, batch, op = resnet20_problem(torch.float32, batch=64, seed=0)
     v = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0))
-    op.matvec(v)  # builds and keeps the graph
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        op.matvec(v)
-        times.append(time.perf_counter() - t0)
-    per = statistics.median(times) / op.shape[0]
-    return per, (
+    # the warm-up call builds and keeps the graph
+    med = median_seconds(lambda: op.matvec(v), repeats, warmup=1)["median"]
+    return med / op.shape[0], (
         f"measured in this run: ResNet20 batch 64, kept graph, one column, median of "
-        f"{repeats} ({statistics.median(times):.3f} s for {op.shape[0]:,} parameters)"
+        f"{repeats} ({med:.3f} s for {op.shape[0]:,} parameters)"
     )
 
 
