@@ -33,6 +33,19 @@ SYMLOG_LINTHRESH = 1.0
 ERROR_LABEL = f"error [%], symlog (linear in ±{SYMLOG_LINTHRESH:g})"
 
 
+def _legend_below(fig: Any, axes: Any, max_columns: int) -> None:
+    """One legend for all panels (those of the first), below them: it covers no point."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=min(len(labels), max_columns),
+        fontsize=LEGEND_SIZE,
+        frameon=False,
+    )
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:g}%"
 
@@ -148,15 +161,7 @@ def plot_family(
         draw(ax, p)
         ax.set_title(ptitle(pval), fontsize=LEGEND_SIZE + 1)
     # one legend for all panels, below them, so that it covers none of their points
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(
-        handles,
-        labels,
-        loc="outside lower center",
-        ncol=min(len(labels), 6),
-        fontsize=LEGEND_SIZE,
-        frameon=False,
-    )
+    _legend_below(fig, axes, 6)
     for q in range(len(panels), nrows * ncols):
         axes[q // ncols][q % ncols].set_visible(False)
     last = first_fig + len(panels) - 1
@@ -206,15 +211,7 @@ def plot_kinds_overview(
         ax.set_xlabel("sketch ratio d / n")
         ax.set_ylabel("mean |error| of top-k [%]")
         ax.set_title(kind, fontsize=LEGEND_SIZE + 1)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(
-        handles,
-        labels,
-        loc="outside lower center",
-        ncol=min(len(labels), 7),
-        fontsize=LEGEND_SIZE,
-        frameon=False,
-    )
+    _legend_below(fig, axes, 7)
     fig.suptitle(
         f"Mean |percent error| of the top {config.top_k}, n={config.n}, "
         f"{config.num_matrices} matrices x {config.num_sketches} sketches, seed {config.seed}",
