@@ -207,7 +207,7 @@ def test_summary_adds_up_what_the_runs_cost(tiny_zoo, tmp_path):
     # a resumed experiment still reports what its runs cost when they ran
     again = arch.run(cfg, tmp_path, plots=False)
     assert again["run_seconds"]["total"] == summary["run_seconds"]["total"]
-    assert again["seconds"] < summary["seconds"]
+    assert tiny_zoo == [0, 1]  # the resumed call trained nothing
 
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reproduction.md"
