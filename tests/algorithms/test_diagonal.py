@@ -141,6 +141,23 @@ def test_blocks_sum_to_the_trace_and_carry_standard_errors():
         assert all(v > 0 for v in r.block_stderrs.values())
 
 
+def test_a_model_operator_groups_its_parameters_by_name():
+    # blocks="parameters" is the model's own parameter slices, as trace takes it
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    data = (torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,)))
+    op = hs.HessianOperator(model, nn.CrossEntropyLoss(), data)
+    by_name = diagonal(op, method="xdiag", num_matvecs=20, seed=1, blocks="parameters")
+    explicit = diagonal(
+        op, method="xdiag", num_matvecs=20, seed=1, blocks=op.blocks_by("parameters")
+    )
+    assert list(by_name.block_estimates) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert by_name.block_estimates == explicit.block_estimates
+    assert sum(by_name.block_sizes.values()) == op.shape[0]
+    with pytest.raises(TypeError, match="needs a model operator"):
+        diagonal(torch.eye(4, dtype=torch.float64), num_matvecs=4, blocks="layers")
+
+
 def test_record_counts_history_and_json_round_trip(tmp_path):
     A = torch.as_tensor(low_rank_plus_noise(30, 3))
     a = diagonal(A, method="xdiag", num_matvecs=21, seed=4, block_size=4)

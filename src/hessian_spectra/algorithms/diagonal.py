@@ -68,7 +68,7 @@ def diagonal(
     method: Method = "xdiag",
     num_matvecs: int = DEFAULT_NUM_MATVECS,
     seed: int | None = None,
-    blocks: Mapping[str, BlockIndex] | None = None,
+    blocks: Mapping[str, BlockIndex] | str | None = None,
     block_size: int = 10,
     progress: bool = False,
     callback: Callback | None = None,
@@ -98,8 +98,10 @@ def diagonal(
             2 n; Hutchinson one per probe, at least 2.
         seed: the random seed (drawn and recorded when None).
         blocks: name -> slice, integer index tensor or boolean mask of the flat
-            vector (e.g. ``op.blocks`` of a model operator): per-block sums of
-            the diagonal (block traces) and their standard errors.
+            vector (e.g. ``op.blocks`` of a model operator), or, for a model
+            operator, how to group its parameters (``"layers"``,
+            ``"modules"`` or ``"parameters"``, as `trace` takes them): per-block sums of the
+            diagonal (block traces) and their standard errors.
         block_size: probes multiplied per block product (one history record each).
         progress: show a progress bar.
         callback: called with each history record; returning True stops
@@ -136,7 +138,7 @@ def diagonal(
                 f"diagonal costs n={n} products of unit vectors (op.matmat(torch.eye(n))); or "
                 "lower num_matvecs"
             )
-    bl = _as_blocks(blocks, n, op.device)
+    bl = _as_blocks(blocks, op)
     wd = work_dtype(op)
     check_max_memory(max_memory)
     item, w = dtype_bytes(op.dtype), dtype_bytes(wd)

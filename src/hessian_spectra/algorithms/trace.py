@@ -38,11 +38,17 @@ MIN_PROBES_FOR_RTOL = 10
 
 
 def _as_blocks(
-    blocks: Mapping[str, BlockIndex] | None, n: int, device: torch.device
+    blocks: Mapping[str, BlockIndex] | str | None, op: LinearOperator
 ) -> dict[str, slice | torch.Tensor]:
-    """Check and convert `blocks` to slices or long index tensors on `device`."""
+    """Check and convert `blocks` to slices or long index tensors on `op`'s device.
+
+    A string groups a model operator's parameters (`_grouping`).
+    """
     if blocks is None:
         return {}
+    if isinstance(blocks, str):
+        blocks = _grouping(op, blocks)
+    n, device = op.shape[0], op.device
     if not isinstance(blocks, Mapping):
         raise TypeError(
             "blocks must be a mapping name -> slice or index tensor (e.g. op.blocks), "
@@ -183,9 +189,7 @@ def trace(
     budget = int(max_matvecs if adaptive else (num_matvecs or DEFAULT_NUM_MATVECS))
     if num_matvecs is not None and num_matvecs < 1:
         raise ValueError(f"num_matvecs must be positive, got {num_matvecs}")
-    if isinstance(blocks, str):
-        blocks = _grouping(op, blocks)
-    bl = _as_blocks(blocks, n, op.device)
+    bl = _as_blocks(blocks, op)
     rank, max_probes = _plan(method, budget, adaptive, block_size, n)
     check_max_memory(max_memory)
     check_memory(
