@@ -620,17 +620,21 @@ def ritz_extremes(
     return float(theta.min()), float(theta.max()), abs(float(dec.beta[-1]))
 
 
-def lowest_eigenvalue_estimate(op: LinearOperator, generator: torch.Generator, steps: int) -> float:
-    """A pessimistic estimate of the smallest eigenvalue from a short Lanczos run.
+def lowest_eigenvalue_estimate(
+    op: LinearOperator, generator: torch.Generator, steps: int
+) -> tuple[float, float]:
+    """The smallest Ritz value of a short Lanczos run and a pessimistic estimate
+    of the smallest eigenvalue.
 
-    The smallest Ritz value less its residual norm ``beta_m |s_m1|``: an
-    eigenvalue lies within that residual of it (Krylov-Bogoliubov), though
-    the smallest may lie further down, where the short run has not reached.
-    Costs `steps` products (the run of `ritz_extremes`, with the eigenvectors
-    of T for the residual).
+    The Ritz value is a Rayleigh quotient, so a negative one proves the
+    operator indefinite. The estimate is the Ritz value less its residual norm
+    ``beta_m |s_m1|``: an eigenvalue lies within that residual of it
+    (Krylov-Bogoliubov), though the smallest may lie further down, where the
+    short run has not reached. Costs `steps` products (the run of
+    `ritz_extremes`, with the eigenvectors of T for the residual).
     """
     dec = _short_run(op, generator, steps)
     theta, S = dec.ritz()
     assert S is not None
     res = abs(float(dec.beta[-1])) * abs(float(S[-1, 0]))
-    return float(theta[0]) - res
+    return float(theta[0]), float(theta[0]) - res

@@ -18,9 +18,10 @@ Three kinds, each built from one block product (`matmat`) per pass:
   positive-semidefinite matrix from streaming data", NeurIPS), for positive
   semidefinite operators: H_nys = Y (Omega^T Y)^+ Y^T with Y = H Omega, which
   is PSD and below H (H - H_nys is PSD). One pass (1 + q with power steps).
-  For an indefinite operator it sketches H + sigma I, with sigma from the
-  smallest eigenvalue of Omega^T H Omega and a short Lanczos run for the
-  bottom of the spectrum, and subtracts sigma again; the shift is recorded.
+  Unless given a shift, a short Lanczos run (20 products) looks at the bottom
+  of the spectrum; when it or Omega^T H Omega shows a negative Rayleigh
+  quotient (H indefinite) it sketches H + sigma I, with sigma from that
+  run's bottom estimate, and subtracts sigma again; the shift is recorded.
   The shift lifts every eigenvalue by sigma, a flat tail that one pass cannot
   see past: when |lambda_min| is a sizeable fraction of lambda_max, use
   power_steps >= 1 (or the range finder).
@@ -89,9 +90,13 @@ def sketch(
         power_steps: q extra passes H^q sharpening the range (rangefinder,
             nystrom); each costs d products. Not defined for "rademacher".
         seed: the random seed (drawn and recorded when None).
-        shift: Nystrom only: sketch H + shift I. None chooses it: 0 when
-            Omega^T H Omega is positive semidefinite, otherwise from the bottom
-            of the spectrum (a short Lanczos run, counted in num_matvecs).
+        shift: Nystrom only: sketch H + shift I. None chooses it from a short
+            Lanczos run for the bottom of the spectrum (20 products, counted in
+            num_matvecs): 0 when neither it nor Omega^T H Omega shows a
+            negative Rayleigh quotient, otherwise the bottom estimate with a
+            10% margin. An operator whose ``positive_semidefinite`` is True
+            (`GGNOperator`, `FisherOperator`) gets 0 without that run; pass 0
+            for another operator known to be PSD to save those products.
         progress: show a progress bar.
 
     Returns:
@@ -205,15 +210,22 @@ def _nystrom(
     B0 = (B0 + B0.T) / 2
     b_min = float(torch.linalg.eigvalsh(B0)[0])
     scale = float(torch.linalg.matrix_norm(Y, ord=2))
-    if shift is None:
-        # Omega^T H Omega >= 0 when H is PSD; a clearly negative eigenvalue
-        # proves H indefinite, and then sigma comes from the bottom of the
-        # spectrum: Lanczos's smallest Ritz value less its residual (the
-        # Ritz values of B0 also bound it from above), with a 10% margin.
+    if shift is None and op.positive_semidefinite:
         sigma = 0.0
-        if b_min < -100 * math.sqrt(n) * eps * scale:
-            bottom = min(b_min, lowest_eigenvalue_estimate(op, gen, SHIFT_LANCZOS_STEPS))
-            sigma = -1.1 * bottom
+    elif shift is None:
+        # A clearly negative Rayleigh quotient proves H indefinite: an
+        # eigenvalue of Omega^T H Omega or the smallest Ritz value of a short
+        # Lanczos run, which goes for the bottom of the spectrum. Omega^T H
+        # Omega alone is not enough: when the negative eigenvalues are small
+        # beside the positive ones a random subspace sees only the positive
+        # part, and Nystrom of an unshifted indefinite H can over-estimate by
+        # tens of percent. Then sigma comes from the bottom of the spectrum:
+        # Lanczos's smallest Ritz value less its residual, with a 10% margin.
+        sigma = 0.0
+        theta_min, bottom = lowest_eigenvalue_estimate(op, gen, SHIFT_LANCZOS_STEPS)
+        clearly = -100 * math.sqrt(n) * eps * scale
+        if b_min < clearly or theta_min < clearly:
+            sigma = -1.1 * min(b_min, bottom)
     else:
         sigma = float(shift)
     Ys = Y + sigma * Om

@@ -80,9 +80,14 @@ class LinearOperator:
             computed in lower precision than the vectors, e.g. bfloat16
             products returned in float32). Precision floors and the symmetry
             check use it.
+        positive_semidefinite: whether the operator is known to be PSD by
+            construction (a GGN of a convex loss, a Fisher; default False).
+            Methods that need a PSD operator then skip their checks: the
+            Nystrom sketch looks for no shift.
     """
 
     is_distributed: bool = False
+    positive_semidefinite: bool = False
     check_finite: bool = True
     check_symmetry: bool = True
     # the first vector multiplied, its product and its product number, kept until

@@ -119,6 +119,8 @@ class FisherOperator(HessianOperator):
             `HessianOperator`.
     """
 
+    positive_semidefinite = True  # a mean of outer products g g^T
+
     def __init__(
         self,
         model: nn.Module,

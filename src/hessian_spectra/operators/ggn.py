@@ -415,6 +415,8 @@ class GGNOperator(HessianOperator):
             as for `HessianOperator`.
     """
 
+    positive_semidefinite = True  # J^T H_out J with H_out PSD (every loss it takes is convex)
+
     def __init__(
         self,
         model: nn.Module,
