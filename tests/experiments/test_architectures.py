@@ -1,6 +1,7 @@
 """experiment architectures: resumable runs over (architecture, seed), the verdict table."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,7 @@ def test_markdown_tables_give_medians_and_ranges_over_seeds(tiny_zoo, tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| tiny |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "92" and cells[2] == "2"
-    assert cells[3] == "0.550 (0.500-0.600)"
+    assert cells[3] == "0.550 (0.500 to 0.600)"
     lan = [
         json.loads((tmp_path / "runs" / f"tiny-seed{s}.json").read_text())["methods"]["lanczos"]
         for s in (0, 1)
@@ -234,3 +235,10 @@ def test_robustness_section_is_the_committed_summary():
     assert f"{summary['run_seconds']['total'] / 3600:.1f} hours" in doc or (
         f"{summary['run_seconds']['total'] / 60:.0f} minutes" in doc
     )
+    # a network whose Hessian is over part of its training set says how much
+    # part, in the doc as in the runs
+    for name, a in summary["architectures"].items():
+        match = re.search(r"Hessian over (\d+) of the (\d+) training samples", a["about"])
+        if match:
+            row = next(line for line in doc.splitlines() if line.startswith(f"| `{name}` |"))
+            assert f"{match[1]} of the training samples" in row

@@ -243,9 +243,10 @@ def claims_table(summary: Mapping[str, Any]) -> str:
 
 
 def _fmt(spread: Mapping[str, float], fmt: str) -> str:
-    """'median (min-max)' of a spread, or the value alone when every seed agrees."""
+    """'median (min to max)' of a spread, or the value alone when every seed agrees
+    ("to", not a dash, which would read as a minus before a negative maximum)."""
     med, lo, hi = (format(spread[k], fmt) for k in ("median", "min", "max"))
-    return med if lo == hi else f"{med} ({lo}-{hi})"
+    return med if lo == hi else f"{med} ({lo} to {hi})"
 
 
 def numbers_table(summary: Mapping[str, Any]) -> str:

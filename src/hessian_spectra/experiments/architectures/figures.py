@@ -73,10 +73,11 @@ def draw_summary(records: Sequence[Mapping[str, Any]], out: str | Path) -> list[
         axes[2].set_xticks(x, names, rotation=20)
         # below the tick labels, where it covers no point
         axes[2].legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), fontsize="small", ncol=3)
-        seeds = max(len(v) for v in runs.values())
+        counts = {len(v) for v in runs.values()}
+        seeds = max(counts)
         fig.suptitle(
-            f"{len(names)} networks, up to {seeds} training seed{'s' if seeds > 1 else ''} "
-            "each (one point per seed)"
+            f"{len(names)} networks, {'' if len(counts) == 1 else 'up to '}{seeds} training "
+            f"seed{'s' if seeds > 1 else ''} each (one point per seed)"
         )
     return [
         save_figure(
