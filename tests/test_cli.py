@@ -607,6 +607,9 @@ def test_sketch_defaults_give_nystrom_a_power_step_and_say_what_each_is_for(ckpt
     )
     assert code == 0, err
     assert load_result(tmp_path / "q0" / "sketch_nystrom.json").settings["power_steps"] == 0
+    # and says what one pass through a shifted (indefinite) Hessian is worth
+    assert "nystrom: the operator is indefinite" in " ".join(err.split())
+    assert "use kind='rangefinder'" in err
 
 
 # ------------------------------------------------------------------ other curvature matrices

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -178,7 +179,12 @@ def test_nystrom_indefinite_is_shifted_and_stays_below():
     lam = np.sort(np.r_[_nn_like(seed=8)[:-1], -20.0])[::-1]
     op = DenseOperator(matrix_with_spectrum(lam, seed=9))
     for q, cost in [(0, 50 + 20), (1, 100 + 20)]:
-        sk = sketch(op, 50, kind="nystrom", power_steps=q, seed=0)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            sk = sketch(op, 50, kind="nystrom", power_steps=q, seed=0)
+        # one pass through the lifted bulk is flagged; a power step is what it advises
+        flagged = [w for w in said if str(w.message).startswith("nystrom: the operator is indef")]
+        assert len(flagged) == (q == 0)
         assert sk.shift >= 20.0
         assert sk.num_matvecs == cost
         assert np.all(sk.eigenvalues <= lam[:50] + 1e-9 * lam[0])
@@ -205,7 +211,8 @@ def test_nystrom_shifts_an_indefinite_operator_a_random_subspace_sees_as_psd():
     op = DenseOperator(matrix_with_spectrum(lam, seed=1))
     unshifted_over = 0
     for seed in range(6):
-        sk = sketch(op, 50, kind="nystrom", seed=seed)
+        with pytest.warns(UserWarning, match="indefinite.*kind='rangefinder'"):
+            sk = sketch(op, 50, kind="nystrom", seed=seed)
         assert -lam[-1] <= sk.shift <= 2 * -lam[-1]  # H + shift I is PSD, the lift small
         assert np.all(sk.eigenvalues <= lam[:50] + 1e-9 * lam[0])
         plain = sketch(op, 50, kind="nystrom", seed=seed, shift=0.0)

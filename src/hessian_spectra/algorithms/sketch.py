@@ -30,6 +30,7 @@ Three kinds, each built from one block product (`matmat`) per pass:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -96,7 +97,8 @@ def sketch(
             negative Rayleigh quotient, otherwise the bottom estimate with a
             10% margin. An operator whose ``positive_semidefinite`` is True
             (`GGNOperator`, `FisherOperator`) gets 0 without that run; pass 0
-            for another operator known to be PSD to save those products.
+            for another operator known to be PSD to save those products. A
+            one-pass sketch it shifts warns (UserWarning) and says what to use.
         progress: show a progress bar.
 
     Returns:
@@ -174,6 +176,16 @@ def sketch(
         ctx.finish(f"top {float(lam[0]):.4g}")
         seconds, used, history = ctx.seconds, ctx.matvecs, ctx.history
         all_settings = ctx.settings(**settings)
+    if kind == "nystrom" and shift is None and used_shift > 0 and power_steps == 0:
+        warnings.warn(
+            f"nystrom: the operator is indefinite, so the sketch is of H + {used_shift:.3g} I "
+            "(then shifted back): it stays below H, but one pass cannot see past the lifted "
+            "bulk, so its eigenvalues can be far below the true ones (by tens of percent on "
+            "network Hessians). For eigenvalues use kind='rangefinder'; for a PSD "
+            "approximation, power_steps >= 1",
+            UserWarning,
+            stacklevel=2,
+        )
     return SketchResult(
         matrix=matrix.detach().cpu().numpy(),
         eigenvalues=lam.detach().cpu().numpy(),

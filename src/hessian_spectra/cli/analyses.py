@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from hessian_spectra import plots
-from hessian_spectra.algorithms import density, eigsh, sketch, trace
+from hessian_spectra.algorithms import ConvergenceWarning, density, eigsh, sketch, trace
 from hessian_spectra.analysis.landscape import loss_landscape, random_directions
 from hessian_spectra.analysis.layers import layer_traces
 from hessian_spectra.cli.blocks import BlocksOptions, run_blocks
@@ -416,15 +417,20 @@ def run_sketch(s: Setup, opts: SketchOptions, out: Outcome, top: Any) -> dict[st
     results = {}
     for kind in kinds:
         steps = DEFAULT_POWER_STEPS[kind] if opts.power_steps is None else opts.power_steps
-        sk = sketch(
-            hessian(s),
-            opts.size,
-            kind=kind,
-            power_steps=steps if kind != "rademacher" else 0,
-            seed=s.seed,
-            progress=True,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            sk = sketch(
+                hessian(s),
+                opts.size,
+                kind=kind,
+                power_steps=steps if kind != "rademacher" else 0,
+                seed=s.seed,
+                progress=True,
+            )
         out.save(f"sketch_{kind}", sk)
+        for w in caught:  # e.g. a one-pass Nystrom sketch of an indefinite Hessian
+            if not issubclass(w.category, ConvergenceWarning):  # the CLI says those itself
+                out.warn(f"sketch_{kind}", str(w.message))
         out.entry(f"sketch_{kind}").answer = f"{summarize(sk)}. Good for {SKETCH_PURPOSE[kind]}"
         results[kind] = sk
     k = min(opts.k, opts.size)
