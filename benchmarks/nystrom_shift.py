@@ -32,6 +32,7 @@ from common import write_json
 
 import hessian_spectra as hs
 from hessian_spectra.experiments.architectures.zoo import ARCHITECTURES
+from hessian_spectra.experiments.compare_methods.measures import relative_errors
 
 K = 20
 SIZES = (50, 100)
@@ -58,7 +59,7 @@ def measure(name: str, seed: int) -> dict[str, Any]:
         for rule, shift in (("shift_rule", None), ("unshifted", 0.0)):
             sk = hs.sketch(op, d, kind="nystrom", seed=seed, shift=shift)
             lam = np.asarray(sk.eigenvalues, dtype=np.float64)[:K]
-            err = 100.0 * (lam - top) / np.abs(top)
+            err = 100.0 * relative_errors(lam, top)
             out["sketches"][f"{rule}:{d}"] = {
                 "shift": sk.shift,
                 "num_matvecs": sk.num_matvecs,

@@ -54,6 +54,9 @@ Kind = Literal["rademacher", "rangefinder", "nystrom"]
 KINDS = ("rademacher", "rangefinder", "nystrom")
 #: Lanczos steps for the bottom-eigenvalue estimate behind the Nystrom shift.
 SHIFT_LANCZOS_STEPS = 20
+#: How the warning about a one-pass Nystrom sketch of a shifted operator starts
+#: (callers that measure that sketch on purpose filter it by this).
+SHIFTED_NYSTROM_WARNING = "nystrom: the operator is indefinite"
 
 
 def _eigh_desc(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +181,7 @@ def sketch(
         all_settings = ctx.settings(**settings)
     if kind == "nystrom" and shift is None and used_shift > 0 and power_steps == 0:
         warnings.warn(
-            f"nystrom: the operator is indefinite, so the sketch is of H + {used_shift:.3g} I "
+            f"{SHIFTED_NYSTROM_WARNING}, so the sketch is of H + {used_shift:.3g} I "
             "(then shifted back): it stays below H, but one pass cannot see past the lifted "
             "bulk, so its eigenvalues can be far below the true ones (by tens of percent on "
             "network Hessians). For eigenvalues use kind='rangefinder'; for a PSD "

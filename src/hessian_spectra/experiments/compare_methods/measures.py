@@ -20,6 +20,7 @@ import numpy as np
 import hessian_spectra as hs
 from hessian_spectra import history
 from hessian_spectra.algorithms import BOUND_STEPS
+from hessian_spectra.algorithms.sketch import SHIFTED_NYSTROM_WARNING
 from hessian_spectra.experiments._io import machine_info
 from hessian_spectra.experiments.compare_methods.claims import evaluate_claims
 from hessian_spectra.experiments.compare_methods.config import CompareConfig
@@ -141,7 +142,7 @@ def sketch_errors(
             with warnings.catch_warnings():
                 # the one-pass Nystrom sketch of a shifted Hessian is measured here on
                 # purpose; its errors are what this experiment reports
-                warnings.filterwarnings("ignore", message="nystrom: the operator is indefinite")
+                warnings.filterwarnings("ignore", message=SHIFTED_NYSTROM_WARNING)
                 sk = hs.sketch(op, d, kind=kind, seed=cfg.seed)
             lam = np.asarray(sk.eigenvalues, dtype=np.float64)
             err = 100.0 * relative_errors(lam, reference)
